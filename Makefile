@@ -1,0 +1,52 @@
+# Everything installs itself into .venv: `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch/torchvision are installed first and explicitly: the versions this project is tested with.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test sync-check nbtest pytest lab clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+## The main job (until the quickstart chapter exists): PCA of the embedded photos (+ CIFAR-10 in data/ if present)
+demo: install
+	$(BIN)/python -c "from pmae.pca import pca_demo; pca_demo()"
+
+## The whole test suite, with a timing line at the end
+test:
+	@t0=$$(date +%s); \
+	$(MAKE) --no-print-directory install && t1=$$(date +%s) && \
+	$(MAKE) --no-print-directory sync-check && t2=$$(date +%s) && \
+	$(MAKE) --no-print-directory nbtest && t3=$$(date +%s) && \
+	$(MAKE) --no-print-directory pytest && t4=$$(date +%s) && \
+	echo "make test: $$((t4-t0)) s in all (install $$((t1-t0)) s, export/clean check $$((t2-t1)) s, nbdev-test $$((t3-t2)) s, pytest $$((t4-t3)) s)"
+
+## Package and notebooks in sync: nbdev-export and nbdev-clean must not change anything
+sync-check: install
+	@before="$$(git status --porcelain; git diff | md5sum)"; \
+	$(BIN)/nbdev-export && $(BIN)/nbdev-clean && \
+	after="$$(git status --porcelain; git diff | md5sum)"; \
+	if [ "$$before" != "$$after" ]; then \
+		echo "nbdev-export / nbdev-clean changed files: run them and commit the result."; git status --short; exit 1; \
+	else echo "package and notebooks are in sync"; fi
+
+## The chapters are the unit tests (cells flagged slow or gpu are skipped; see tst_flags)
+nbtest: install
+	$(BIN)/nbdev-test --timing
+
+## Command-line, fault and bad-input tests, plus nbval's check of the committed outputs (tests/conftest.py)
+pytest: install
+	$(BIN)/python -m pytest tests nbs --nbval-lax --nbval-current-env -p no:cacheprovider
+
+lab: install
+	$(BIN)/jupyter lab nbs
+
+clean:
+	rm -rf $(VENV) runs/demo
