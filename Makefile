@@ -15,9 +15,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-## The main job (until the quickstart chapter exists): PCA of the embedded photos (+ CIFAR-10 in data/ if present)
+## The main job: PCA, MAE and PMAE (micro) and fast linear probes on CIFAR-10 in data/ if present, else the embedded photos
 demo: install
-	$(BIN)/python -c "from pmae.pca import pca_demo; pca_demo()"
+	$(BIN)/pmae demo
 
 ## The whole test suite, with a timing line at the end
 test:

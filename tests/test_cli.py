@@ -1,0 +1,112 @@
+"""The `pmae` command (chapter 07): help, the shipped configs, end-to-end runs of both objectives, every bad input's message."""
+import json, shutil, subprocess, sys, tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+import pmae.train as train
+from pmae.cli import build_parser, main
+from pmae.probe import ProbeConfig
+from pmae.train import PretrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ['--dataset', 'photos', '--image-size', 16, '--model', 'micro', '--patch-size', 4, '--batch-size', 256, '--device', 'cpu']
+
+
+def run(capsys, *args):
+    "`pmae args...` in this process: (exit code, stdout, stderr)."
+    try: code = main([str(a) for a in args])
+    except SystemExit as e: code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_console_script_and_every_option_has_help():
+    exe = shutil.which('pmae', path=str(Path(sys.executable).parent))
+    assert exe, "the pmae console script is not installed"
+    r = subprocess.run([exe, '--help'], capture_output=True, text=True)
+    assert r.returncode == 0 and all(c in r.stdout for c in ('pca', 'pretrain', 'probe', 'demo'))
+    sub = {a.dest: a for a in build_parser()._actions if a.dest == 'command'}['command'].choices
+    for name, cls in (('pretrain', PretrainConfig), ('probe', ProbeConfig)):
+        helps = {a.dest: a.help for a in sub[name]._actions}
+        for f in fields(cls):
+            assert f.name in helps, f"{name} has no --{f.name}"
+            assert len(helps[f.name].split('[default:')[0].strip()) > 3, f"--{f.name} of {name} has no help text"
+
+
+def test_shipped_configs_are_the_papers_runs():
+    files = sorted((ROOT / 'configs').glob('*.toml'))
+    names = {f.stem for f in files}
+    expected = {f"{d}_{m}" for d in ('cifar10', 'tinyimagenet', 'bloodmnist', 'dermamnist', 'pathmnist')
+                for m in ('mae_std', 'mae_rd', 'pmae', 'pmae_rd')}
+    assert names == expected
+    for f in files:
+        cfg = PretrainConfig.from_dict(tomllib.loads(f.read_text()), where=str(f))
+        assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.beta2, cfg.warmup_epochs, cfg.warmup) == \
+               ('vit_tiny', 800, 512, 3e-4, 0.05, 0.95, 40, 'exponential'), f
+        assert cfg.method == f.stem.split('_', 1)[1] and cfg.dataset == f.stem.split('_')[0]
+        assert cfg.run_dir == Path('runs') / f.stem
+    assert PretrainConfig.from_dict(tomllib.loads((ROOT / 'configs/cifar10_pmae.toml').read_text())).masking().ratio == 0.1
+
+
+@pytest.mark.parametrize('method', ['mae_std', 'pmae'])
+def test_one_epoch_pretrain_and_probes_end_to_end(tmp_path, capsys, method):
+    code, out, err = run(capsys, 'pretrain', *SMALL, '--method', method, '--epochs', 1, '--warmup-epochs', 0, '--out', tmp_path, '--quiet')
+    assert code == 0, err
+    assert out.startswith(f"pre-trained {method} on photos: 1/1 epochs")
+    summary = json.loads((tmp_path / 'pretrain.json').read_text())
+    assert summary['status'] == 'complete' and summary['config']['method'] == method
+    for kind, extra in (('fast', []), ('knn', []), ('linear', ['--epochs', 1, '--batch-size', 256])):
+        code, out, err = run(capsys, 'probe', tmp_path / 'checkpoint.pt', '--kind', kind, *extra, '--quiet')
+        assert code == 0, err
+        result = json.loads((tmp_path / f'probe_{kind}.json').read_text())
+        assert out.startswith(f"{kind} probe of {tmp_path / 'checkpoint.pt'}: {result['accuracy']:.2f}%")
+        assert 0 <= result['accuracy'] <= 100 and result['method'] == method
+
+
+def test_pca_command_writes_a_basis_pretrain_can_use(tmp_path, capsys):
+    code, out, err = run(capsys, 'pca', '--dataset', 'photos', '--image-size', 16, '--output', tmp_path / 'b.pt')
+    assert code == 0 and 'PCA of photos' in out and (tmp_path / 'b.json').exists(), err
+    code, out, err = run(capsys, 'pretrain', *SMALL, '--epochs', 1, '--pca', tmp_path / 'b.pt', '--out', tmp_path / 'r', '--quiet')
+    assert code == 0, err
+    assert train.read_checkpoint(tmp_path / 'r' / 'checkpoint.pt')['pca_sha256'] == train.sha256_file(tmp_path / 'b.pt')
+
+
+def test_every_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / 'bad.toml').write_text('dataset = "photos"\nlearning_rate = 0.1\n')
+    (tmp_path / 'broken.toml').write_text('dataset = photos\n')
+    assert run(capsys, 'pca', '--dataset', 'photos', '--output', tmp_path / 'p32.pt')[0] == 0
+    assert run(capsys, 'pretrain', *SMALL, '--epochs', 1, '--out', tmp_path / 'run', '--quiet')[0] == 0
+    cases = [
+        (('pretrain', '--dataset', 'imagenet'), "dataset must be one of digits, photos, cifar10"),
+        (('pretrain', '--dataset', 'cifar10', '--data-root', tmp_path / 'none'), "CIFAR-10 not found: expected"),
+        (('pretrain', '--dataset', 'cifar10', '--data-root', tmp_path / 'none'), "pass --download to fetch it"),
+        (('pretrain', *SMALL, '--pca', tmp_path / 'p32.pt', '--out', tmp_path / 'o'), "(3, 32, 32)"),
+        (('pretrain', *SMALL, '--pca', tmp_path / 'missing.pt'), f"no PCA file at {tmp_path / 'missing.pt'}"),
+        (('pretrain', '--ratio', 1.2), "ratio must be strictly between 0 and 1, got 1.2"),
+        (('pretrain', '--ratio', -0.1), "ratio must be strictly between 0 and 1, got -0.1"),
+        (('pretrain', '--config', tmp_path / 'bad.toml'), f"unknown config key 'learning_rate' in {tmp_path / 'bad.toml'}"),
+        (('pretrain', '--config', tmp_path / 'broken.toml'), "is not valid TOML"),
+        (('pretrain', '--config', tmp_path / 'nope.toml'), f"no config file at {tmp_path / 'nope.toml'}"),
+        (('pretrain', *SMALL, '--model', 'vit_tiny', '--out', tmp_path / 'run'), "is from another model configuration (width: 64 there, 192 here"),
+        (('pretrain', *SMALL, '--epochs', 1, '--seed', 1, '--out', tmp_path / 'run'), "was written with other settings (seed: 0 there, 1 here)"),
+        (('pretrain', *SMALL, '--batch-size', 100000), "batch_size 100000 is larger than the"),
+        (('pretrain', '--method', 'bert'), "method must be one of mae_std, mae_rd, pmae"),
+        (('pretrain', '--epoch', 3), "unrecognized arguments: --epoch 3"),
+        (('pretrain', '--epochs', 'ten'), "argument --epochs: invalid int value: 'ten'"),
+        (('probe', tmp_path / 'nothing.pt', '--kind', 'knn'), f"no checkpoint at {tmp_path / 'nothing.pt'}"),
+        (('probe', tmp_path / 'p32.pt', '--kind', 'knn'), "is not a pmae pre-training checkpoint"),
+        (('probe', tmp_path / 'run' / 'checkpoint.pt', '--kind', 'svm'), "kind must be one of linear, mlp, knn, finetune, fast; got 'svm'"),
+        (('frobnicate',), "invalid choice: 'frobnicate'"),
+    ]
+    for args, message in cases:
+        code, out, err = run(capsys, *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and 'Traceback' not in err, (args, err)
+
+
+def test_diverged_run_exits_1_with_the_message(tmp_path, capsys, monkeypatch):
+    good = train.train_step
+    monkeypatch.setattr(train, 'train_step', lambda *a: good(*a) * float('nan'))
+    code, out, err = run(capsys, 'pretrain', *SMALL, '--epochs', 1, '--out', tmp_path, '--quiet')
+    assert code == 1 and err.startswith("pmae: the loss became nan in epoch 1: training stopped; no checkpoint had been written yet"), err

@@ -1,0 +1,109 @@
+"""Pre-training (chapter 05): resume = uninterrupted for every objective and pipeline, early stops, snapshots,
+the NaN stop, and DistributedDataParallel on 2 CPU processes (gloo) against one process."""
+import os, signal, subprocess, sys, time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import pmae.train as train
+from pmae.train import PretrainConfig, TrainingDiverged, load_encoder, pretrain, read_checkpoint, read_metrics
+
+SMALL = dict(dataset='photos', model='micro', epochs=2, batch_size=32, limit=128, warmup_epochs=1, log_every=1, device='cpu')
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+
+
+def weights(run) -> dict: return read_checkpoint(Path(run) / 'checkpoint.pt')['model']
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0):
+    assert a.keys() == b.keys()
+    for k in a: torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.parametrize('method,pipeline', [('mae_std', 'memory'), ('mae_rd', 'memory'), ('pmae_rd', 'memory'),
+                                             ('pmae', 'loader')])
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path, method, pipeline):
+    cfg = PretrainConfig(**SMALL, method=method, pipeline=pipeline, workers=0, out=str(tmp_path / 'whole'))
+    assert pretrain(cfg, verbose=False)['status'] == 'complete'
+    cut = replace(cfg, out=str(tmp_path / 'cut'))
+    stopped = pretrain(cut, stop_after=3, verbose=False)                     # 4 steps per epoch: stops inside epoch 1
+    assert (stopped['status'], stopped['step'], read_checkpoint(cut.run_dir / 'checkpoint.pt')['batch']) == ('stopped', 3, 3)
+    assert pretrain(cut, verbose=False)['step'] == 8
+    assert_same_weights(weights(cfg.run_dir), weights(cut.run_dir))
+    strip = lambda run: [{k: m[k] for k in ('epoch', 'step', 'loss', 'lr')} for m in read_metrics(run)]
+    assert strip(cfg.run_dir) == strip(cut.run_dir)
+
+
+def test_time_limit_stops_resumably_and_snapshots_are_kept(tmp_path):
+    cfg = PretrainConfig(**{**SMALL, 'epochs': 3}, keep_every=1, out=str(tmp_path / 'run'))
+    s = pretrain(cfg, time_limit=0.0, verbose=False)                           # the limit is hit after the first step
+    assert (s['status'], s['step']) == ('stopped', 1)
+    assert pretrain(cfg, verbose=False)['status'] == 'complete'
+    kept = sorted(p.name for p in cfg.run_dir.glob('epoch_*.pt'))
+    assert kept == ['epoch_0001.pt', 'epoch_0002.pt', 'epoch_0003.pt']
+    assert_same_weights(read_checkpoint(cfg.run_dir / 'epoch_0003.pt')['model'], weights(cfg.run_dir))
+    assert load_encoder(cfg.run_dir / 'epoch_0001.pt').encode(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 64)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = PretrainConfig(**SMALL, save_every=1, out=str(tmp_path / 'run'))
+    pretrain(replace(cfg, epochs=2), stop_after=4, verbose=False)             # epoch 1, checkpointed
+    before = train.sha256_file(cfg.run_dir / 'checkpoint.pt')
+    good = train.train_step
+    monkeypatch.setattr(train, 'train_step', lambda *a: good(*a) * float('inf'))
+    with pytest.raises(TrainingDiverged, match=r"the loss became inf at epoch 2, step 5: training stopped; the last good checkpoint, .*"
+                                                r"checkpoint.pt \(epoch 1\), is untouched"):
+        pretrain(cfg, verbose=False)
+    assert train.sha256_file(cfg.run_dir / 'checkpoint.pt') == before
+
+
+def test_bf16_autocast_and_gradient_clipping_train(tmp_path):
+    s = pretrain(PretrainConfig(**SMALL, precision='bf16', clip_grad=0.5, warmup='exponential', out=str(tmp_path / 'r')), verbose=False)
+    assert s['status'] == 'complete' and s['final_epoch_loss'] == s['final_epoch_loss']
+
+
+def cli(*args, cwd=None, timeout=600, torchrun=0):
+    "Run `python -m pmae.cli ...` (under torchrun with `torchrun` processes); (returncode, stdout, stderr)."
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={torchrun}'] if torchrun else [sys.executable]
+    r = subprocess.run([*launcher, '-m', 'pmae.cli', *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout)
+    return r.returncode, r.stdout, r.stderr
+
+
+TINY_ARGS = ['pretrain', '--dataset', 'photos', '--model', 'micro', '--epochs', 2, '--batch-size', 32, '--limit', 128,
+             '--warmup-epochs', 1, '--log-every', 2, '--device', 'cpu', '--quiet']
+
+
+@pytest.mark.parametrize('method', ['pmae', 'mae_std'])
+def test_two_gloo_processes_match_one_process(tmp_path, method):
+    one = PretrainConfig(**SMALL, method=method, out=str(tmp_path / 'one'))
+    pretrain(one, verbose=False)
+    rc, out, err = cli(*TINY_ARGS, '--method', method, '--out', tmp_path / 'two', torchrun=2)
+    assert rc == 0, err[-2000:]
+    assert out.count('pre-trained') == 1                                        # only the main process speaks
+    assert read_checkpoint(tmp_path / 'two' / 'checkpoint.pt')['world_size'] == 2
+    assert_same_weights(weights(tmp_path / 'one'), weights(tmp_path / 'two'), atol=1e-5)
+
+
+def test_resume_on_another_number_of_processes(tmp_path):
+    rc, out, err = cli(*TINY_ARGS, '--out', tmp_path / 'mixed', '--stop-after', 3, torchrun=2)
+    assert rc == 0 and 'stopped after 0/2 epochs (3/8 steps)' in out, err[-2000:]
+    rc, out, err = cli(*TINY_ARGS, '--out', tmp_path / 'mixed')                # one process finishes the run
+    assert rc == 0, err[-2000:]
+    pretrain(PretrainConfig(**SMALL, out=str(tmp_path / 'one')), verbose=False)
+    assert_same_weights(weights(tmp_path / 'one'), weights(tmp_path / 'mixed'), atol=1e-5)
+
+
+def test_sigterm_checkpoints_and_exits_130(tmp_path):
+    run = tmp_path / 'long'
+    args = [*TINY_ARGS, '--epochs', 10_000, '--out', run]
+    p = subprocess.Popen([sys.executable, '-m', 'pmae.cli', *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while not (run / 'metrics.jsonl').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert 'interrupted after' in out and 'run the same command again to resume' in out
+    state = read_checkpoint(run / 'checkpoint.pt')
+    assert state['step'] >= 4 and state['step'] == read_metrics(run)[-1]['step'] + state['batch']
