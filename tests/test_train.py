@@ -40,7 +40,10 @@ def test_time_limit_stops_resumably_and_snapshots_are_kept(tmp_path):
     cfg = PretrainConfig(**{**SMALL, 'epochs': 3}, keep_every=1, out=str(tmp_path / 'run'))
     s = pretrain(cfg, time_limit=0.0, verbose=False)                           # the limit is hit after the first step
     assert (s['status'], s['step']) == ('stopped', 1)
-    assert pretrain(cfg, verbose=False)['status'] == 'complete'
+    done = pretrain(cfg, verbose=False)
+    assert done['status'] == 'complete'
+    again = pretrain(cfg, verbose=False)                                       # a finished run: nothing to do, same report
+    assert (again['status'], again['step'], again['final_epoch_loss']) == ('complete', done['step'], done['final_epoch_loss'])
     kept = sorted(p.name for p in cfg.run_dir.glob('epoch_*.pt'))
     assert kept == ['epoch_0001.pt', 'epoch_0002.pt', 'epoch_0003.pt']
     assert_same_weights(read_checkpoint(cfg.run_dir / 'epoch_0003.pt')['model'], weights(cfg.run_dir))
