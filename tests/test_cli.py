@@ -110,3 +110,12 @@ def test_diverged_run_exits_1_with_the_message(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train, 'train_step', lambda *a: good(*a) * float('nan'))
     code, out, err = run(capsys, 'pretrain', *SMALL, '--epochs', 1, '--out', tmp_path, '--quiet')
     assert code == 1 and err.startswith("pmae: the loss became nan in epoch 1: training stopped; no checkpoint had been written yet"), err
+
+
+def test_demo_runs_offline_and_writes_its_table_figure_and_json(tmp_path, capsys):
+    code, out, err = run(capsys, 'demo', '--data', 'photos', '--epochs', 1, '--out', tmp_path)
+    assert code == 0, err
+    assert '| mae_std | 75% of patches |' in out and '| pmae | 20% of variance |' in out and '| raw pixels |' in out
+    result = json.loads((tmp_path / 'demo.json').read_text())
+    assert [r['method'] for r in result['rows']] == ['mae_std', 'pmae', 'raw pixels'] and result['epochs'] == 1
+    assert (tmp_path / 'quickstart.png').stat().st_size > 10_000
