@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 __all__ = ['EXACT_CHUNK', 'CONSTANT_STD', 'PCA_FORMAT', 'PCA_FORMAT_VERSION', 'check_images', 'as_float', 'image_batches',
            'PixelMoments', 'add_gram_', 'full_gram', 'pixel_stats', 'safe_std', 'standardized_covariance',
            'eigh_descending', 'numerical_rank', 'fix_signs', 'ShapeMismatchError', 'PCABasis', 'fit_pca',
-           'variance_table', 'atomic_save', 'show_images', 'show_eigen_images', 'plot_cumulative_variance', 'pca_demo']
+           'variance_table', 'atomic_write', 'atomic_save', 'show_images', 'show_eigen_images',
+           'plot_cumulative_variance', 'pca_demo']
 
 # %% ../nbs/00_pca.ipynb #08aebc3c
 def check_images(images) -> Tensor:
@@ -273,16 +274,20 @@ def variance_table(basis: PCABasis, ratios=(0.1, 0.2, 0.5, 0.8, 0.9, 0.99)) -> s
 # %% ../nbs/00_pca.ipynb #9a02acbd
 PCA_FORMAT, PCA_FORMAT_VERSION = 'pmae.PCABasis', 1
 
-def atomic_save(obj, path) -> Path:
-    "`torch.save` to a temporary file beside `path`, then rename: a crash never leaves half a file."
+def atomic_write(path, write) -> Path:
+    "Call `write(f)` on a binary file beside `path`, then rename it to `path`: a crash never leaves half a file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
     try:
-        with os.fdopen(fd, 'wb') as f: torch.save(obj, f)
+        with os.fdopen(fd, 'wb') as f: write(f)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
     return path
+
+def atomic_save(obj, path) -> Path:
+    "`torch.save` to `path` atomically (see `atomic_write`)."
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 @patch
 def save(self: PCABasis, path) -> Path:

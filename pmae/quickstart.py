@@ -19,7 +19,7 @@ from .masking import patch_mask_pixels
 from .mae import MAE, MaskedAutoencoder, ViTConfig, mae_prediction_images
 from .pmae import pmae_parts
 from .train import PretrainConfig, build_model, load_training_data, pretrain, read_checkpoint
-from .probe import ProbeConfig, fast_probe, run_probe
+from .probe import ProbeConfig, fast_probe, run_probe, write_json
 
 # %% auto #0
 __all__ = ['demo_data', 'demo_config', 'load_model', 'shared_scale', 'reconstruction_rows', 'show_reconstructions', 'quickstart',
@@ -97,9 +97,9 @@ def quickstart(data: str = 'auto', root=None, out='runs/demo', epochs: int = 5, 
     fig.savefig(out / 'quickstart.png')
     import matplotlib.pyplot as plt; plt.close(fig)                                     # saved, not shown twice
     result = dict(data=name, source=ds.source, n_train=len(ds.train), n_eval=len(ds.eval), eval_split=ds.eval_split,
-                  image_shape=list(ds.shape), model='micro', epochs=epochs, probe='fast', device=str(torch.device('cpu') if not torch.cuda.is_available() else torch.cuda.get_device_name()),
-                  rows=rows, wall_s=time.time() - t0)
-    (out / 'demo.json').write_text(json.dumps(result, indent=1))
+                  image_shape=list(ds.shape), model='micro', epochs=epochs, probe='fast', device=s['device'], rows=rows,
+                  wall_s=time.time() - t0)
+    write_json(result, out / 'demo.json')
     if verbose: print(quickstart_table(result))
     return result
 
