@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['EXACT_CHUNK', 'CONSTANT_STD', 'PCA_FORMAT', 'PCA_FORMAT_VERSION', 'check_images', 'as_float', 'image_batches',
            'PixelMoments', 'add_gram_', 'full_gram', 'pixel_stats', 'safe_std', 'standardized_covariance',
-           'eigh_descending', 'numerical_rank', 'fix_signs', 'ShapeMismatchError', 'PCABasis', 'fit_pca',
+           'eigh_descending', 'numerical_rank', 'fix_signs', 'ShapeMismatchError', 'PCABasis', 'fit_pca', 'fit_pca_few',
            'variance_table', 'atomic_write', 'atomic_save', 'show_images', 'show_eigen_images',
            'plot_cumulative_variance', 'pca_demo']
 
@@ -189,6 +189,7 @@ class PCABasis:
 def fit_pca(images, k: int | None = None, batch_size: int = 4096, device=None, source: str = '',
             dtype=torch.float32, progress: bool = False) -> PCABasis:
     "Exact PCA of per-pixel standardised, channel-major flattened `images` (tensor or iterable of batches)."
+    if isinstance(images, Tensor) and 2 <= len(images) < images[0].numel(): return fit_pca_few(images, k, device, source, dtype)
     moments = None
     for batch in tqdm(image_batches(images, batch_size), desc='PCA', disable=not progress, leave=False):
         moments = moments or PixelMoments(batch.shape[1:], device)
@@ -252,6 +253,24 @@ def reconstruct(self: PCABasis, images: Tensor, which=None) -> Tensor:
     "Images (B, C, H, W) rebuilt from the components selected by `which` (plus the mean)."
     v = self.components[self.component_index(which)]   # (k, D)
     return self.unstandardize(self.standardize(images) @ v.T @ v)
+
+# %% ../nbs/00_pca.ipynb #f3d5c798
+def fit_pca_few(images: Tensor, k: int | None = None, device=None, source: str = '', dtype=torch.float32) -> PCABasis:
+    "Exact PCA of N < D images from the (N, N) Gram matrix of the standardised images instead of the (D, D) covariance."
+    moments = PixelMoments(images.shape[1:], device, gram=False).update(images)
+    n, std = moments.n, safe_std(moments.std)
+    z = (images.to(moments.device).flatten(1).double() * moments.scale - moments.mean) / std   # (N, D) standardised
+    z[:, moments.std <= CONSTANT_STD] = 0
+    values, u = eigh_descending(z @ z.T / (n - 1))                                             # (N,), (N, N) rows
+    rank = numerical_rank(values, z.shape[1], n)
+    if k is not None and not 1 <= k <= rank:
+        raise ValueError(f"k={k} components requested, but only 1..{rank} have non-zero variance")
+    keep = k or rank
+    vectors = u[:keep] @ z                                                                     # (keep, D)
+    vectors /= vectors.norm(dim=1, keepdim=True)
+    return PCABasis(mean=moments.mean.view(moments.shape).to(dtype), std=std.view(moments.shape).to(dtype),
+                    components=fix_signs(vectors).to(dtype), eigenvalues=values[:keep].clamp_min(0),
+                    total_variance=float(values[:rank].clamp_min(0).sum()), n_samples=n, source=source)
 
 # %% ../nbs/00_pca.ipynb #c5479b6b
 @patch

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .pca import PCABasis
-from .masking import ComponentMasking, unpatchify
+from .masking import ComponentMasking, check_variance_ratios, unpatchify
 from .mae import MaskedAutoencoder, Reconstruction, ViTConfig
 
 # %% auto #0
@@ -56,7 +56,7 @@ class PMAE(MaskedAutoencoder):
             raise ValueError(f"the PCA basis ({basis.source or 'images'}) has other per-pixel statistics than this model: "
                              "it was fit on different data")
         self.components = basis.components.to(self.mean.device, torch.float32)
-        self.ratios = basis.ratios.to(self.mean.device, torch.float64)
+        self.ratios = check_variance_ratios(basis.ratios).to(self.mean.device)   # checked once here, not at every mask draw
         return self
 
     def forward(self, images: Tensor, hidden: Tensor | None = None, generator=None) -> Reconstruction:

@@ -174,7 +174,9 @@ def sha256_file(path) -> str:
 
 def pick_device(name: str = 'auto') -> torch.device:
     "The device called `name`; 'auto' is this process's GPU when there is one, else the CPU."
-    if name != 'auto': return torch.device(name)
+    if name != 'auto':
+        device = torch.device(name)
+        return torch.device('cuda', torch.cuda.current_device()) if device.type == 'cuda' and device.index is None else device
     if torch.cuda.is_available(): return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     return torch.device('cpu')
 
@@ -273,7 +275,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
 
 def draw_masks(model: MaskedAutoencoder, n: int, generator=None, device=None):
     "Masks for a global batch of `n` images: a `PatchMask` (MAE) or hidden components (1 or n, K) (PMAE)."
-    if isinstance(model, PMAE): return model.masking(model.ratios, n, generator)
+    if isinstance(model, PMAE): return model.masking(model.ratios, n, generator, check=False)   # ratios checked with the basis; no host sync
     return model.masking(n, model.config.n_patches, generator, device)
 
 class AugmentedImages(torch.utils.data.Dataset):
