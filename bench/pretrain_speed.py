@@ -39,7 +39,7 @@ TFLOP/s and its fraction of the GPU's dense bf16 peak (the same denominator for 
 then the ratios fast / reference and loader / reference, and the projected wall time of 800 epochs
 of CIFAR-10 for fast-path PMAE at 32x32. `--json OUT` also writes it all with provenance.
 """
-import argparse, datetime, gc, json, os, platform, re, shlex, subprocess, sys, time, warnings
+import argparse, datetime, gc, json, os, platform, re, shlex, sys, time, warnings
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -52,10 +52,10 @@ from pmae.data import load_photos_data
 from pmae.mae import CONFIGS, ViTConfig
 from pmae.masking import MASKINGS
 from pmae.pca import PCABasis, fit_pca, pixel_stats
+from pmae.reproduce import device_name, git_commit
 from pmae.train import (AugmentedImages, PretrainConfig, Processes, autocast_dtype, build_model, draw_masks, epoch_order,
                         load_training_data, loader_batches, lr_factor, memory_batches, model_config, pick_device, train_step)
 
-ROOT = Path(__file__).resolve().parents[1]
 METHODS, PATHS = ('mae_std', 'pmae'), ('fast', 'loader', 'reference')
 GPU_PEAKS = ((r'H100 PCIe', 756), (r'H100.*(SXM|HBM3)', 989), (r'H200(?! NVL)', 989), (r'A100', 312), (r'\bL4\b', 121),
              (r'Quadro RTX 6000', 32.6))   # dense bf16 TFLOP/s (fp16 for the Turing Quadro), by device-name pattern
@@ -63,32 +63,19 @@ CIFAR10_IMAGES, EPOCHS, TARGET_MIN = 50_000, 800, 20
 
 
 # ---------------------------------------------------------------- device and provenance
-def device_name(device: torch.device) -> str:
-    "The GPU's name, or the CPU's architecture and thread count."
-    if device.type == 'cuda': return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
 def bf16_peak(name: str) -> float | None:
     "Dense bf16 peak TFLOP/s of a GPU called `name`, None when unknown (or a CPU)."
     return next((peak for pattern, peak in GPU_PEAKS if re.search(pattern, name)), None)
 
 def bench_device(name: str) -> torch.device:
-    "The device to measure on; 'cuda' gets its index (torch.cuda.set_device refuses a CUDA device without one) and becomes current."
+    "The device to measure on; a GPU becomes the current one."
     device = pick_device(name)
-    if device.type != 'cuda': return device
-    device = torch.device('cuda', torch.cuda.current_device() if device.index is None else device.index)
-    torch.cuda.set_device(device)
+    if device.type == 'cuda': torch.cuda.set_device(device)
     return device
 
 def synchronize(device: torch.device):
     "Wait for the device's queued work (no-op on CPU)."
     if device.type == 'cuda': torch.cuda.synchronize(device)
-
-def git_commit() -> str:
-    "This checkout's commit, with '+dirty' when files differ from it."
-    run = lambda *a: subprocess.run(['git', *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    try: return run('rev-parse', 'HEAD') + ('+dirty' if run('status', '--porcelain', '--untracked-files=no') else '')
-    except OSError: return 'unknown'
 
 def package_version(name: str) -> str | None:
     "The installed version of a package, without importing it."
