@@ -104,7 +104,9 @@ PROBE_ORDER, ROW_ORDER = ('linear', 'fast', 'mlp', 'finetune', 'knn'), ('MAE_std
 
 def row_key(row: str):
     "Sort key of a method row: the paper's order, then other ratios by value."
-    return (ROW_ORDER.index(row), 0.0) if row in ROW_ORDER else (len(ROW_ORDER) + row.startswith('PMAE'), float(row.split('=')[-1]))
+    if row in ROW_ORDER: return (ROW_ORDER.index(row), 0.0, row)
+    ratio = row.split('=')[-1]
+    return (len(ROW_ORDER) + row.upper().startswith('PMAE'), float(ratio) if '=' in row else 0.0, row)
 
 def table1(rows: list[dict], paper_only: bool = False) -> str:
     "Markdown in the shape of the paper's Table 1: cell = ours (paper, ±diff), or the paper's alone with `paper_only`."
