@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 __all__ = ['EXACT_CHUNK', 'CONSTANT_STD', 'PCA_FORMAT', 'PCA_FORMAT_VERSION', 'check_images', 'as_float', 'image_batches',
            'PixelMoments', 'add_gram_', 'full_gram', 'pixel_stats', 'safe_std', 'standardized_covariance',
            'eigh_descending', 'numerical_rank', 'fix_signs', 'ShapeMismatchError', 'PCABasis', 'fit_pca', 'fit_pca_few',
-           'variance_table', 'atomic_write', 'atomic_save', 'show_images', 'show_eigen_images',
+           'variance_table', 'atomic_write', 'atomic_save', 'read_saved', 'show_images', 'show_eigen_images',
            'plot_cumulative_variance', 'pca_demo']
 
 # %% ../nbs/00_pca.ipynb #08aebc3c
@@ -308,6 +308,15 @@ def atomic_save(obj, path) -> Path:
     "`torch.save` to `path` atomically (see `atomic_write`)."
     return atomic_write(path, lambda f: torch.save(obj, f))
 
+def read_saved(path, fmt: str, what: str, kind: str | None = None, device='cpu') -> dict:
+    "The dict `atomic_save`d at `path` under format tag `fmt`, or a clear error naming `what` (and `kind`) it should be."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"no {what} at {path}")
+    try: state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e: raise ValueError(f"{path} is not a readable {what}: {e}") from None
+    if not isinstance(state, dict) or state.get('format') != fmt: raise ValueError(f"{path} is not a pmae {kind or what}")
+    return state
+
 @patch
 def save(self: PCABasis, path) -> Path:
     "Save the basis to one file."
@@ -318,11 +327,7 @@ def save(self: PCABasis, path) -> Path:
 @patch(cls_method=True)
 def load(cls: PCABasis, path, shape=None, device='cpu') -> PCABasis:
     "Load a basis saved by `PCABasis.save`; with `shape`, insist it was fit on images of that (C, H, W)."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"no PCA file at {path}")
-    try: state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e: raise ValueError(f"{path} is not a readable PCA file: {e}") from None
-    if not isinstance(state, dict) or state.get('format') != PCA_FORMAT: raise ValueError(f"{path} is not a pmae PCA file")
+    state = read_saved(path, PCA_FORMAT, 'PCA file', device=device)
     if state['version'] > PCA_FORMAT_VERSION:
         raise ValueError(f"{path} has PCA format version {state['version']}; this pmae reads up to {PCA_FORMAT_VERSION}")
     basis = cls(**{k: state[k] for k in ('mean', 'std', 'components', 'eigenvalues', 'total_variance', 'n_samples', 'source')})

@@ -19,7 +19,7 @@ from torch import nn, Tensor
 from tqdm.auto import tqdm
 
 from .data import LOADERS, ImageDataset, load_dataset
-from .pca import PCABasis, atomic_save, check_images, fit_pca, pixel_stats
+from .pca import PCABasis, atomic_save, check_images, fit_pca, pixel_stats, read_saved
 from .masking import MASKINGS, ComponentMasking, PatchMask, PatchMasking, get_masking
 from .mae import CONFIGS, MAE, MaskedAutoencoder, ViTConfig, vit_config
 from .pmae import PMAE, PMAE_LOSSES
@@ -315,12 +315,7 @@ RUNTIME_KEYS = {'data_root', 'download', 'device', 'compile', 'pipeline', 'worke
 
 def read_checkpoint(path, device='cpu') -> dict:
     "A pre-training checkpoint, or a clear error if `path` is not one."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"no checkpoint at {path}")
-    try: state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e: raise ValueError(f"{path} is not a readable checkpoint: {e}") from None
-    if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT: raise ValueError(f"{path} is not a pmae pre-training checkpoint")
-    return state
+    return read_saved(path, CHECKPOINT_FORMAT, 'checkpoint', 'pre-training checkpoint', device)
 
 def check_resume(state: dict, cfg: PretrainConfig, vit: ViTConfig, pca_sha: str, path):
     "Refuse to continue a checkpoint written for another model, data, recipe or PCA file."
