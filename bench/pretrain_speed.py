@@ -13,11 +13,13 @@ For each image size (`--sizes`, default 32 and 64) and method (MAE_std: 75% of t
 PMAE: 20% of the variance hidden) it times, in steady state (`--warmup` untimed steps, compilation
 included, then `--steps` timed ones, synchronised on CUDA), full optimiser steps of three paths:
 
-- `fast`: pmae's model and `train_step`, uint8 images resident on the device with batched on-device
-  crops and flips (`memory_batches`), bf16 autocast on CUDA (fp32 on CPU), `torch.compile` (unless
-  `--no-compile`), fused AdamW on CUDA: what `pmae pretrain` runs, with no host sync in the loop.
+- `fast`: pmae's own training step (chapter 05's `pretrain_learner`: the step `pmae pretrain` runs),
+  uint8 images resident on the device with batched on-device crops and flips, bf16 autocast on
+  CUDA (fp32 on CPU), `torch.compile` (unless `--no-compile`; `--compile-mode reduce-overhead` for
+  CUDA graphs), fused AdamW on CUDA, optionally TF32 (`--tf32`) and the crops and masks of several
+  steps drawn at once (`--draw-steps`); no host sync in the loop.
 - `loader`: the same model, step and precision fed by a torchvision DataLoader with per-image
-  transforms (`loader_batches`), not compiled: `pmae pretrain --pipeline loader` with its defaults.
+  transforms, not compiled: `pmae pretrain --pipeline loader` with its defaults.
 - `reference`: the method on a reference stack: Hugging Face `transformers` ViTMAEForPreTraining in
   fp32 (the method's ViT-T/8: 192 wide, 12 layers, 12 heads; decoder 512 wide, 8 layers, 16 heads),
   a DataLoader with per-image RandomResizedCrop(0.2-1, bicubic) + flip + ToTensor + per-pixel
@@ -53,8 +55,9 @@ from pmae.mae import CONFIGS, ViTConfig
 from pmae.masking import MASKINGS
 from pmae.pca import PCABasis, fit_pca, pixel_stats
 from pmae.reproduce import device_name, git_commit
-from pmae.train import (AugmentedImages, PretrainConfig, Processes, autocast_dtype, build_model, draw_masks, epoch_order,
-                        load_training_data, loader_batches, lr_factor, memory_batches, model_config, pick_device, train_step)
+from pmae.learner import COMPILE_MODES, Processes, synchronize
+from pmae.train import (AugmentedImages, PretrainConfig, build_model, float32_matmul, load_training_data, model_config, pick_device,
+                        pretrain_batches, pretrain_learner, pretrain_loss)
 
 METHODS, PATHS = ('mae_std', 'pmae'), ('fast', 'loader', 'reference')
 GPU_PEAKS = ((r'H100 PCIe', 756), (r'H100.*(SXM|HBM3)', 989), (r'H200(?! NVL)', 989), (r'A100', 312), (r'\bL4\b', 121),
@@ -72,10 +75,6 @@ def bench_device(name: str) -> torch.device:
     device = pick_device(name)
     if device.type == 'cuda': torch.cuda.set_device(device)
     return device
-
-def synchronize(device: torch.device):
-    "Wait for the device's queued work (no-op on CPU)."
-    if device.type == 'cuda': torch.cuda.synchronize(device)
 
 def package_version(name: str) -> str | None:
     "The installed version of a package, without importing it."
@@ -123,45 +122,33 @@ def prepare_size(size: int, name: str, args, device: torch.device) -> tuple[Size
 # ---------------------------------------------------------------- the three paths
 class Runner(NamedTuple):
     "One path, ready: its batches, one optimiser step, the loss alone (to count FLOPs) and the trained module."
-    batches: Iterator[Tensor]        # (B, C, H, W) float batches on the device
+    batches: Iterator                # batches on the device: (images, masks) for pmae, normalised images for the reference
     step: Callable[[Tensor], object]
     loss: Callable[[Tensor], Tensor]
     module: nn.Module
     setup: str
 
-def pmae_optimizer(model: nn.Module, cfg: PretrainConfig, device: torch.device, steps_per_epoch: int):
-    "AdamW (fused on CUDA), its warm-up + cosine schedule and the parameters it trains, as `pmae.train.pretrain` builds them."
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                            **({'fused': True} if device.type == 'cuda' else {}))
-    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.warmup, steps_per_epoch))
-    return opt, sched, params
-
 def pmae_runner(path: str, method: str, data: SizeData, args, device: torch.device) -> Runner:
-    "pmae's model and `train_step` fed by device-resident batches (`fast`, compiled) or by a DataLoader (`loader`)."
-    B = args.batch
-    cfg = PretrainConfig(dataset=data.name, model=args.model, method=method, batch_size=B, device=str(device))
+    "pmae's own training step (chapter 05's `pretrain_learner`), fed by device-resident batches (`fast`) or a DataLoader (`loader`)."
+    fast = path == 'fast'
+    cfg = PretrainConfig(dataset=data.name, model=args.model, method=method, batch_size=args.batch, device=str(device),
+                         pipeline='memory' if fast else 'loader', workers=args.workers, compile=fast and args.compile,
+                         compile_mode=args.compile_mode, tf32=fast and args.tf32, draw_steps=args.draw_steps if fast else 1)
     stats = (data.basis.mean, data.basis.std) if cfg.is_pmae else pixel_stats(data.images, device=device)
     model = build_model(cfg, data.vit, data.basis, tuple(t.float().cpu() for t in stats)).to(device)
-    opt, sched, params = pmae_optimizer(model, cfg, device, max(1, len(data.images) // B))
-    dtype = autocast_dtype(cfg.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    gen = torch.Generator(device).manual_seed(0)
-    compiled = path == 'fast' and args.compile
-    if compiled: torch._dynamo.reset()                          # a fresh cache for each model: no recompile limit reached
-    net = torch.compile(model) if compiled else model
-    order = epoch_order(len(data.pool), 0, 0)
-    batches = (memory_batches(data.pool.to(device), order, B, 0, gen, Processes()) if path == 'fast' else
-               loader_batches(data.pool, order, B, 0, 0, args.workers, Processes(), device))
-    def loss(x: Tensor) -> Tensor:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return model(x, draw_masks(model, len(x), gen, device)).loss
-    step = lambda x: train_step(net, x, draw_masks(model, len(x), gen, device), opt, sched, scaler, dtype, 0.0, params)
-    feed = 'device-resident uint8 + batched augmentation' if path == 'fast' else f'DataLoader ({args.workers} workers)'
-    precision = {None: 'fp32', torch.bfloat16: 'bf16 autocast', torch.float16: 'fp16 autocast'}[dtype]
-    return Runner(batches, step, loss, model, f"pmae, {feed}, {precision}, {'compiled' if compiled else 'eager'}, "
-                                              f"{'fused ' if device.type == 'cuda' else ''}AdamW")
+    if cfg.compile: torch._dynamo.reset()                          # a fresh cache for each model: no recompile limit reached
+    n_batches = len(data.pool) // args.batch
+    learn = pretrain_learner(cfg, model, pretrain_batches(cfg, model, data.pool, n_batches, device, Processes()), n_batches, device)
+    learn.epochs = 1; learn.callback('before_fit')                 # what `fit` does first: DDP (none here) and compilation
+    def step(batch): learn.callback('before_batch'); return learn.one_step(batch)
+    def loss(batch) -> Tensor:
+        with torch.autocast(device.type, dtype=learn.dtype or torch.float32, enabled=learn.dtype is not None):
+            return pretrain_loss(model, batch)
+    feed = 'device-resident uint8 + batched augmentation' if fast else f'DataLoader ({args.workers} workers)'
+    precision = {None: 'fp32', torch.bfloat16: 'bf16 autocast', torch.float16: 'fp16 autocast'}[learn.dtype]
+    compiled = f"compiled ({cfg.compile_mode})" if cfg.compile else 'eager'
+    return Runner(learn.batches(0, 0), step, loss, model, f"pmae Learner, {feed}, {precision}, {compiled}"
+                  f"{', TF32' if cfg.tf32 else ''}, {'fused ' if device.type == 'cuda' else ''}AdamW")
 
 class ReferenceImages(AugmentedImages):
     "The reference pipeline's per-image transforms: RandomResizedCrop(0.2-1, bicubic) + flip + ToTensor, then per-pixel normalisation."
@@ -185,7 +172,22 @@ def reference_model(vit: ViTConfig, mask_ratio: float) -> nn.Module:
                           decoder_num_attention_heads=vit.dec_heads, decoder_intermediate_size=vit.dec_mlp, patch_size=vit.patch_size,
                           image_size=vit.img_size, num_channels=vit.in_chans, norm_pix_loss=True, mask_ratio=mask_ratio)
     torch.manual_seed(0)
-    return ViTMAEForPreTraining(config)
+    return set_mae_positions(ViTMAEForPreTraining(config))
+
+def mae_sincos(grid: int, dim: int) -> Tensor:
+    "MAE's fixed 2-D sin-cos positions (1 + grid², dim): [CLS] row zero, then [sin w | cos w | sin h | cos h] per patch (row-major)."
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))            # (dim/4,)
+    h, w = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing='ij')
+    def half(pos): out = pos.flatten()[:, None] * omega; return torch.cat([out.sin(), out.cos()], 1)   # (grid², dim/2)
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), torch.cat([half(w), half(h)], 1)]).float()
+
+def set_mae_positions(hf: nn.Module) -> nn.Module:
+    "Write MAE's fixed positions into the encoder and decoder of `hf` (transformers 5 leaves them at zero for a model built from a config)."
+    grid = hf.config.image_size // hf.config.patch_size
+    with torch.no_grad():
+        hf.vit.embeddings.position_embeddings.copy_(mae_sincos(grid, hf.config.hidden_size)[None])
+        hf.decoder.decoder_pos_embed.copy_(mae_sincos(grid, hf.config.decoder_hidden_size)[None])
+    return hf
 
 def reference_component_mask(ratios: Tensor, ratio: float, generator=None) -> tuple[Tensor, Tensor]:
     "Hidden and visible component indices: the prefix of a random permutation of the K components whose variance is closest to `ratio`."
@@ -279,7 +281,8 @@ def run_row(size: int, method: str, path: str, data: SizeData, args, device: tor
     if device.type == 'cuda': torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(device)
     try:
         runner = reference_runner(method, data, args, device) if path == 'reference' else pmae_runner(path, method, data, args, device)
-        m = measure(runner, args, device, f"{size}_{method}" if args.profile and path == 'fast' else None)
+        with float32_matmul(args.tf32 and path == 'fast'):
+            m = measure(runner, args, device, f"{size}_{method}" if args.profile and path == 'fast' else None)
     except Exception as e:                                               # e.g. transformers missing, out of memory
         print(f"  {size}x{size} {method} {path}: could not run: {type(e).__name__}: {e}", flush=True)
         return dict(row, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
@@ -347,6 +350,9 @@ def parse_args():
     p.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
     p.add_argument('--paths', nargs='+', default=list(PATHS), choices=PATHS)
     p.add_argument('--no-compile', dest='compile', action='store_false', help='do not torch.compile the fast path')
+    p.add_argument('--compile-mode', default='default', choices=COMPILE_MODES, help="the fast path's torch.compile mode")
+    p.add_argument('--tf32', action='store_true', help="let the fast path's float32 products (PMAE's projections) use TF32")
+    p.add_argument('--draw-steps', type=int, default=1, help="the fast path draws the crops and masks of N steps at once")
     p.add_argument('--data', nargs='+', default=[], metavar='SIZE=NAME', help='data set per image size (default: photos)')
     p.add_argument('--data-root', default='data')
     p.add_argument('--limit', type=int, default=0, help='keep a fixed random subset of N training images (0: all)')

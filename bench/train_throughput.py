@@ -8,39 +8,53 @@ For each model and method (MAE_std, PMAE at r = 0.2) it times, in steady state (
 steps, synchronised on CUDA), full optimiser steps of `pmae.train` fed by
 (a) `memory`: uint8 images on the device, crops and flips for the whole batch in one call, and
 (b) `loader`: a torchvision DataLoader with per-image transforms in `--workers` processes,
+each through the `Learner` that `pmae pretrain` builds (chapter 05's `pretrain_learner`),
 and, for scale, the pipelines alone (augmentation, no model). With `--epoch` it also runs one full
 epoch of `pmae.train.pretrain` per method and reports its wall time. Prints a table; asserts nothing.
 """
 import argparse, platform, tempfile, time
 from dataclasses import replace
+from itertools import count
 
 import torch
 
-from pmae.train import (PretrainConfig, Processes, autocast_dtype, build_model, draw_masks, epoch_order, load_training_data,
-                        loader_batches, memory_batches, model_config, pick_device, prepare_basis, pretrain, read_metrics, train_step)
+from pmae.learner import Processes, read_metrics
+from pmae.train import (PretrainConfig, build_model, load_training_data, model_config, pick_device, prepare_basis, pretrain,
+                        pretrain_batches, pretrain_learner)
 
 
 def timed(batches, n, warmup, sync, step=None):
-    "Images per second over `n` batches after `warmup` untimed ones; `step(x)` runs on each batch when given."
+    "Images per second over `n` (images, masks) batches after `warmup` untimed ones; `step(batch)` runs on each when given."
     it = iter(batches)
     for i in range(warmup + n):
         if i == warmup: sync(); t0 = time.perf_counter()
-        x = next(it)
-        if step: step(x)
+        batch = next(it)
+        if step: step(batch)
     sync()
-    speed = n * len(x) / (time.perf_counter() - t0)
+    speed = n * len(batch[0]) / (time.perf_counter() - t0)
     batches.close()             # stops DataLoader workers before the next measurement
     return speed
 
 
-def batch_source(pipeline, images_dev, images, B, workers, device):
-    "An endless stream of augmented batches from `pipeline`."
-    epoch = 0
-    while True:
-        order = epoch_order(len(images), 0, epoch)
-        if pipeline == 'memory': yield from memory_batches(images_dev, order, B, 0, torch.Generator(device).manual_seed(epoch), Processes())
-        else: yield from loader_batches(images, order, B, 0, epoch, workers, Processes(), device)
-        epoch += 1
+def training_learner(cfg: PretrainConfig, images, device):
+    "The `Learner` `pmae pretrain` builds for `cfg` on `images`, ready to step (compiled if asked)."
+    basis, _, stats = prepare_basis(cfg, images, cfg.run_dir, device)
+    model = build_model(cfg, model_config(cfg, images.shape[1:]), basis, stats).to(device)
+    n = len(images) // cfg.batch_size
+    learn = pretrain_learner(cfg, model, pretrain_batches(cfg, model, images, n, device, Processes()), n, device)
+    learn.epochs = 1; learn.callback('before_fit')
+    return learn
+
+
+def endless(learn):
+    "The learner's batches, epoch after epoch."
+    for epoch in count(): yield from learn.batches(epoch, 0)
+
+
+def one_step(learn):
+    "A function taking one batch through the learner's step (with its per-step callbacks)."
+    def step(batch): learn.callback('before_batch'); return learn.one_step(batch)
+    return step
 
 
 def main():
@@ -55,28 +69,20 @@ def main():
     device = pick_device(a.device)
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    base = PretrainConfig(dataset=a.dataset, data_root=a.data_root, batch_size=a.batch, precision=a.precision, compile=a.compile, device=a.device)
+    base = PretrainConfig(dataset=a.dataset, data_root=a.data_root, batch_size=a.batch, precision=a.precision, compile=a.compile,
+                          device=a.device, workers=a.workers)
     ds = load_training_data(base)
     images, B = ds.train.images, a.batch
-    images_dev = images.to(device)
     print(f"{ds}\ndevice: {name}; batch {B}; {a.warmup} warm-up + {a.steps} timed steps; DataLoader workers {a.workers}; "
           f"precision {a.precision}; compile {a.compile}")
-    rows = [('(pipeline alone)', '-', pl, timed(batch_source(pl, images_dev, images, B, a.workers, device), a.steps, a.warmup, sync))
-            for pl in ('memory', 'loader')]
     tmp = tempfile.mkdtemp()
+    alone = lambda pl: training_learner(replace(base, model='micro', method='mae_std', pipeline=pl, out=f"{tmp}/alone_{pl}"), images, device)
+    rows = [('(pipeline alone)', '-', pl, timed(endless(alone(pl)), a.steps, a.warmup, sync)) for pl in ('memory', 'loader')]
     for model_name in a.model:
         for method in ('mae_std', 'pmae'):
-            cfg = replace(base, model=model_name, method=method, out=f"{tmp}/{model_name}_{method}")
-            basis, _, stats = prepare_basis(cfg, images, cfg.run_dir, device)
-            model = build_model(cfg, model_config(cfg, ds.shape), basis, stats).to(device)
-            net = torch.compile(model) if a.compile else model
-            params = [q for q in model.parameters() if q.requires_grad]
-            opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.05, **({'fused': True} if device.type == 'cuda' else {}))
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-            scaler, dtype, gen = torch.amp.GradScaler(device.type, enabled=False), autocast_dtype(a.precision, device), torch.Generator(device).manual_seed(0)
-            step = lambda x: train_step(net, x, draw_masks(model, len(x), gen, device), opt, sched, scaler, dtype, 0.0, params)
             for pl in ('memory', 'loader'):
-                rows.append((model_name, method, pl, timed(batch_source(pl, images_dev, images, B, a.workers, device), a.steps, a.warmup, sync, step)))
+                learn = training_learner(replace(base, model=model_name, method=method, pipeline=pl, out=f"{tmp}/{model_name}_{method}"), images, device)
+                rows.append((model_name, method, pl, timed(endless(learn), a.steps, a.warmup, sync, one_step(learn))))
                 print(f"  {rows[-1][0]:>16} {rows[-1][1]:>8} {rows[-1][2]:>7}: {rows[-1][3]:10,.0f} images/s", flush=True)
     print(f"\n| model | method | pipeline | images/s | ms/step |\n|---|---|---|---:|---:|")
     for m, meth, pl, v in rows: print(f"| {m} | {meth} | {pl} | {v:,.0f} | {1000 * B / v:,.1f} |")

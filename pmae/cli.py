@@ -18,6 +18,7 @@ from .train import ConfigError, PretrainConfig, TrainingDiverged, load_training_
 from .probe import ProbeConfig, probe_summary, run_probe, write_json
 from .quickstart import quickstart
 from .reproduce import BUDGETS, DATASETS, Job, RunStopped, reproduce, result_path
+from .learner import COMPILE_MODES
 
 # %% auto #0
 __all__ = ['DATA_KEYS', 'DESCRIPTION', 'read_toml', 'add_options', 'config_from', 'is_main_process', 'say', 'cmd_pca',
@@ -106,8 +107,9 @@ def parse_job(text: str) -> Job:
 def cmd_reproduce(args) -> int:
     "`pmae reproduce`: a reproduction chapter's runs (chapters 20-23) at one budget, each with a results JSON and its provenance."
     jobs = [parse_job(j) for j in args.jobs] if args.jobs else None
+    runtime = dict(compile=args.compile, compile_mode=args.compile_mode, save_every=args.save_every)
     try: res = reproduce(args.dataset, args.budget, jobs, args.data_root or os.environ.get('PMAE_DATA') or 'data', args.runs,
-                         args.results, args.force, args.device, args.time_limit, not args.quiet)
+                         args.results, args.force, args.device, args.time_limit, not args.quiet, args.stop_epoch, **runtime)
     except RunStopped as e: say(str(e)); return 130
     for r in res: say(f"{r['row']:12} " + ', '.join(f"{k} {p['accuracy']:.1f}%" for k, p in r['probes'].items()) +
                       f"  ({r['epochs']} epochs, {r['provenance']['wall_s'] / 60:.1f} min) -> {result_path(args.results, r['dataset'], r['budget'], Job(r['method'], r['ratio']))}")
@@ -157,6 +159,10 @@ def build_parser() -> Parser:
     s.add_argument('--results', default='results', help='where the results JSON go (<results>/<dataset>/<budget>/<job>.json)')
     s.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ...")
     s.add_argument('--force', action='store_true', help='run the paper budget even without a GPU')
+    s.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help="compile the training step [default: the budget's: on for paper]")
+    s.add_argument('--compile-mode', default='default', choices=COMPILE_MODES, help="torch.compile mode ('reduce-overhead': CUDA graphs)")
+    s.add_argument('--save-every', type=int, metavar='EPOCHS', help="checkpoint every N epochs [default: the budget's: 50 for paper, else 10]")
+    s.add_argument('--stop-epoch', type=int, metavar='EPOCH', help="end pre-training at this epoch of the budget's schedule (results state it)")
     s.add_argument('--time-limit', type=float, metavar='SECONDS', help='stop (resumably) after this much wall time; the same command continues')
     s.add_argument('--quiet', action='store_true', help='no plan, no progress bars')
     s.set_defaults(func=cmd_reproduce)

@@ -20,9 +20,9 @@ from .pca import as_float, check_images
 from .masking import PatchMask, PatchMasking, patchify, unpatchify
 
 # %% auto #0
-__all__ = ['CONFIGS', 'ViTConfig', 'vit_config', 'vit_blocks', 'gather_tokens', 'ViTEncoder', 'ViTDecoder', 'ImageShapeError',
-           'init_vit_weights', 'MaskedAutoencoder', 'Reconstruction', 'patch_targets', 'masked_patch_loss', 'MAE',
-           'train_steps', 'mae_prediction_images']
+__all__ = ['CONFIGS', 'ViTConfig', 'vit_config', 'vit_blocks', 'gather_tokens', 'visible_slots', 'ViTEncoder', 'ViTDecoder',
+           'ImageShapeError', 'init_vit_weights', 'MaskedAutoencoder', 'Reconstruction', 'patch_targets',
+           'masked_patch_loss', 'MAE', 'train_steps', 'mae_prediction_images']
 
 # %% ../nbs/03_mae.ipynb #f3179bdc
 @dataclass(frozen=True)
@@ -85,8 +85,14 @@ def gather_tokens(tokens: Tensor, ids: Tensor) -> Tensor:
     "Tokens (N, len(ids), E) picked from (N, L, E) by per-sample indices `ids` (N, k)."
     return tokens.gather(1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
 
+def visible_slots(n_tokens: int, n_visible: Tensor | None, device=None) -> Tensor | None:
+    "Attention mask (1, 1, 1, n_tokens) over [CLS] + slots: True for [CLS] and the first `n_visible` slots (None: all)."
+    if n_visible is None: return None
+    return (torch.arange(n_tokens, device=device) <= n_visible).view(1, 1, 1, n_tokens)
+
+# %% ../nbs/03_mae.ipynb #c7c76ec7
 class ViTEncoder(nn.Module):
-    "ViT encoder: patch embedding + fixed positions, optional token dropping, [CLS], blocks, final LayerNorm."
+    "ViT encoder: patch embedding + fixed positions, optional token selection, [CLS], blocks, final LayerNorm."
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.width)
@@ -95,16 +101,18 @@ class ViTEncoder(nn.Module):
         self.blocks = vit_blocks(cfg.width, cfg.depth, cfg.heads, cfg.mlp)
         self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
 
-    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
-        "Tokens (N, 1 + L_keep, width) of normalised images `x` (N, C, H, W); `keep` (N, L_keep) selects patches."
+    def forward(self, x: Tensor, keep: Tensor | None = None, n_visible: Tensor | None = None) -> Tensor:
+        "Tokens (N, 1 + S, width) of normalised images `x` (N, C, H, W); `keep` (N, S) selects patches, the first `n_visible` attended."
         t = self.patch_embed(x) + self.pos_embed                            # (N, L, width)
-        if keep is not None: t = gather_tokens(t, keep)                     # (N, L_keep, width)
-        t = torch.cat([self.cls_token.expand(len(t), -1, -1), t], 1)       # (N, 1 + L_keep, width)
-        return self.norm(self.blocks(t))
+        if keep is not None: t = gather_tokens(t, keep)                     # (N, S, width)
+        t = torch.cat([self.cls_token.expand(len(t), -1, -1), t], 1)       # (N, 1 + S, width)
+        attend = visible_slots(t.shape[1], n_visible, t.device)             # (1, 1, 1, 1 + S) or None
+        for block in self.blocks: t = block(t, attn_mask=attend)
+        return self.norm(t)
 
 # %% ../nbs/03_mae.ipynb #ff664cc9
 class ViTDecoder(nn.Module):
-    "MAE decoder: mask tokens for dropped patches, order restored, fixed positions, blocks, per-patch linear head."
+    "MAE decoder: mask tokens for hidden patches, order restored, fixed positions, blocks, per-patch linear head."
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.embed = nn.Linear(cfg.width, cfg.dec_width)
@@ -114,11 +122,14 @@ class ViTDecoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.dec_width, eps=1e-6)
         self.head = nn.Linear(cfg.dec_width, cfg.patch_dim)
 
-    def forward(self, tokens: Tensor, restore: Tensor | None = None) -> Tensor:
-        "Patch predictions (N, L, C*p*p) from encoder tokens (N, 1 + L_keep, width); `restore` (N, L) un-shuffles."
-        t = self.embed(tokens)                                              # (N, 1 + L_keep, dec_width)
+    def forward(self, tokens: Tensor, restore: Tensor | None = None, n_visible: Tensor | None = None) -> Tensor:
+        "Patch predictions (N, L, C*p*p) from encoder tokens (N, 1 + S, width); `restore` (N, L) un-shuffles."
+        t = self.embed(tokens)                                              # (N, 1 + S, dec_width)
         cls, patches = t[:, :1], t[:, 1:]
         if restore is not None:
+            if n_visible is not None:                                       # slots past the visible ones: mask tokens too
+                visible = visible_slots(t.shape[1], n_visible, t.device).view(1, -1, 1)[:, 1:]   # (1, S, 1)
+                patches = torch.where(visible, patches, self.mask_token)
             n_hidden = restore.shape[1] - patches.shape[1]
             patches = torch.cat([patches, self.mask_token.expand(len(t), n_hidden, -1)], 1)   # (N, L, dec_width), shuffled
             patches = gather_tokens(patches, restore)                                        # (N, L, dec_width), image order
@@ -200,7 +211,7 @@ class MAE(MaskedAutoencoder):
         "Loss and prediction for a batch of images (`uint8` or [0, 1] floats); a mask is drawn unless given."
         x = self.normalize(images)                                                     # (N, C, H, W)
         if mask is None: mask = self.masking(len(x), self.config.n_patches, generator, x.device)
-        pred = self.decoder(self.encoder(x, mask.keep), mask.restore)                  # (N, L, C*p*p)
+        pred = self.decoder(self.encoder(x, mask.keep, mask.n_visible), mask.restore, mask.n_visible)                  # (N, L, C*p*p)
         loss = masked_patch_loss(pred, patch_targets(x, self.config.patch_size, self.norm_pix_loss), mask.hidden)
         return Reconstruction(loss, unpatchify(pred, self.config.patch_size, self.config.image_shape), mask.hidden)
 

@@ -14,9 +14,9 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['COMPONENT_ORDERS', 'MASKINGS', 'patchify', 'unpatchify', 'check_ratio', 'check_ratio_range', 'draw_ratios',
-           'PatchMask', 'visible_count', 'random_patch_mask', 'PatchMasking', 'closest_prefix', 'hide_prefix',
-           'check_variance_ratios', 'component_mask', 'hidden_variance', 'ComponentMasking', 'get_masking',
-           'patch_mask_pixels']
+           'PatchMask', 'visible_count', 'mask_at', 'random_patch_mask', 'visible_counts', 'PatchMasking',
+           'closest_prefix', 'hide_prefix', 'check_variance_ratios', 'component_mask', 'hidden_variance',
+           'ComponentMasking', 'get_masking', 'patch_mask_pixels']
 
 # %% ../nbs/02_masking.ipynb #d8497637
 def patchify(images: Tensor, p: int) -> Tensor:
@@ -54,25 +54,36 @@ def draw_ratios(ratio_range, n: int, generator=None, device=None) -> Tensor:
 
 # %% ../nbs/02_masking.ipynb #a8c03830
 class PatchMask(NamedTuple):
-    "Which patches of each image the encoder sees, and how to restore the order afterwards."
-    keep: Tensor     # (N, L_keep) indices of the visible patches, in the order the encoder sees them
+    "Which patches each image's encoder reads, which are hidden, and how to restore the order afterwards."
+    keep: Tensor     # (N, S) indices of the patches the encoder reads, visible ones first
     restore: Tensor  # (N, L) where each patch sits in the shuffled order: un-shuffles the decoder's tokens
     hidden: Tensor   # (N, L) bool, True for hidden patches
+    n_visible: Tensor | None = None   # () how many of the S slots are visible (a drawn ratio); None: all of them
 
 def visible_count(n_patches: int, ratio: float) -> int:
     "Patches left visible when `ratio` of `n_patches` are hidden: MAE's int((1-ratio)L), kept within 1..L-1."
     if n_patches < 2: raise ValueError(f"patch masking needs at least 2 patches per image, got {n_patches}")
     return min(max(int(n_patches * (1 - check_ratio(ratio, 'patch mask ratio'))), 1), n_patches - 1)
 
-def random_patch_mask(n: int, n_patches: int, ratio: float, generator=None, device=None) -> PatchMask:
-    "MAE's mask: for each of `n` images, a random `ratio` of its `n_patches` hidden."
+def mask_at(masks, step: int):
+    "Batch `step`'s mask out of masks drawn for several batches at once (a leading steps dimension)."
+    if isinstance(masks, PatchMask): return PatchMask(*(None if t is None else t[step] for t in masks))
+    return masks[step]
+
+# %% ../nbs/02_masking.ipynb #08fa0138
+def random_patch_mask(n: int, n_patches: int, ratio: float, generator=None, device=None, steps: int | None = None) -> PatchMask:
+    "MAE's mask: for each of `n` images, a random `ratio` of its `n_patches` hidden; with `steps`, that many batches' masks."
     n_keep = visible_count(n_patches, ratio)
-    shuffle = torch.rand(n, n_patches, generator=generator, device=device).argsort(1)   # (N, L) random order
-    restore = shuffle.argsort(1)                                                          # (N, L) inverse permutation
-    hidden = (torch.arange(n_patches, device=device) >= n_keep).expand(n, -1)           # (N, L) in shuffled order
-    return PatchMask(shuffle[:, :n_keep], restore, hidden.gather(1, restore))
+    shuffle = torch.rand(steps or 1, n, n_patches, generator=generator, device=device).argsort(-1)   # (S, N, L) random order
+    restore = shuffle.argsort(-1)                                                # (S, N, L) inverse permutation
+    mask = PatchMask(shuffle[..., :n_keep], restore, restore >= n_keep)         # hidden: shuffled behind the visible ones
+    return mask if steps else mask_at(mask, 0)
 
 # %% ../nbs/02_masking.ipynb #36cd8710
+def visible_counts(n_patches: int, ratios: Tensor) -> Tensor:
+    "`visible_count` of a tensor of ratios, computed where the ratios live (no host round trip)."
+    return (n_patches * (1 - ratios)).floor().long().clamp(1, n_patches - 1)
+
 @dataclass(frozen=True)
 class PatchMasking:
     "MAE masking: hide a fraction `ratio` of each image's patches, or a ratio drawn per batch from `ratio_range`."
@@ -83,10 +94,13 @@ class PatchMasking:
         check_ratio(self.ratio, 'patch mask ratio')
         if self.ratio_range is not None: object.__setattr__(self, 'ratio_range', check_ratio_range(self.ratio_range, 'patch mask ratio range'))
 
-    def __call__(self, n: int, n_patches: int, generator=None, device=None) -> PatchMask:
-        "A mask for a batch of `n` images of `n_patches` patches."
-        ratio = self.ratio if self.ratio_range is None else float(draw_ratios(self.ratio_range, 1, generator, device))
-        return random_patch_mask(n, n_patches, ratio, generator, device)
+    def __call__(self, n: int, n_patches: int, generator=None, device=None, steps: int | None = None) -> PatchMask:
+        "A mask for a batch of `n` images of `n_patches` patches (with `steps`: for that many batches)."
+        if self.ratio_range is None: return random_patch_mask(n, n_patches, self.ratio, generator, device, steps)
+        n_visible = visible_counts(n_patches, draw_ratios(self.ratio_range, steps or 1, generator, device))[:, 0]   # (S,)
+        mask = random_patch_mask(n, n_patches, self.ratio_range[0], generator, device, steps or 1)   # the most slots
+        mask = mask._replace(hidden=mask.restore >= n_visible[:, None, None], n_visible=n_visible)
+        return mask if steps else mask_at(mask, 0)
 
     def __str__(self):
         return f"patches {self.ratio:.0%}" if self.ratio_range is None else "patches U({:g}, {:g})".format(*self.ratio_range)
@@ -143,11 +157,13 @@ class ComponentMasking:
         if self.ratio_range is not None: object.__setattr__(self, 'ratio_range', check_ratio_range(self.ratio_range, 'variance mask ratio range'))
         if self.order not in COMPONENT_ORDERS: raise ValueError(f"unknown component order {self.order!r}: choose one of {COMPONENT_ORDERS}")
 
-    def __call__(self, ratios: Tensor, n: int = 1, generator=None, check: bool = True) -> Tensor:
-        "Hidden-component masks: (n, K) with `per_sample`, else (1, K) for the whole batch; `check=False` skips validating `ratios`."
+    def __call__(self, ratios: Tensor, n: int = 1, generator=None, check: bool = True, steps: int | None = None) -> Tensor:
+        "Hidden-component masks (n, K) with `per_sample`, else (1, K); with `steps`, (steps, rows, K); `check=False` skips validating `ratios`."
         rows = n if self.per_sample else 1
-        ratio = self.ratio if self.ratio_range is None else draw_ratios(self.ratio_range, rows, generator, ratios.device)
-        return component_mask(ratios, ratio, rows, self.order, generator, check)
+        flat = rows * (steps or 1)
+        ratio = self.ratio if self.ratio_range is None else draw_ratios(self.ratio_range, flat, generator, ratios.device)
+        hidden = component_mask(ratios, ratio, flat, self.order, generator, check)     # (flat, K)
+        return hidden if steps is None else hidden.view(steps, rows, -1)
 
     def __str__(self):
         r = f"{self.ratio:.0%}" if self.ratio_range is None else "U({:g}, {:g})".format(*self.ratio_range)

@@ -62,7 +62,7 @@ class PMAE(MaskedAutoencoder):
     def forward(self, images: Tensor, hidden: Tensor | None = None, generator=None) -> Reconstruction:
         "Loss and predicted image (normalised units) for a batch; a component mask (1 or N, K) is drawn unless given."
         x = self.normalize(images)                                                    # (N, C, H, W)
-        if hidden is None: hidden = self.masking(self.ratios, len(x), generator)      # (1 or N, K)
+        if hidden is None: hidden = self.masking(self.ratios, len(x), generator, check=False)   # (1 or N, K); checked at attach
         with torch.autocast(x.device.type, enabled=False):
             coef, visible = split_components(x.flatten(1).float(), self.components, hidden)   # (N, K), (N, D)
         pred = unpatchify(self.decoder(self.encoder(visible.view_as(x))), self.config.patch_size, self.config.image_shape)

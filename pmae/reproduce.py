@@ -6,7 +6,7 @@ Docs: https://github.com/pmae-dev/pmae/reproduce.html.md"""
 
 # %% ../nbs/08_reproduce.ipynb #eff52afa
 from __future__ import annotations
-import datetime, os, platform, re, subprocess, tempfile, time
+import datetime, functools, os, platform, re, subprocess, tempfile, time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,17 +16,18 @@ import pmae
 from .data import (MEDMNIST, DataNotFoundError, ImageDataset, load_dataset, load_photos_data, small_subset,
                        source_paths, write_cifar10_pickles, write_medmnist_npz, write_tinyimagenet)
 from .pca import PCABasis
-from .mae import vit_config
 from .masking import get_masking
-from .train import PretrainConfig, build_model, load_training_data, pick_device, pretrain
+from .learner import Processes, StepTimerCB
+from .train import (PretrainConfig, build_model, float32_matmul, load_training_data, model_config, pick_device, pretrain,
+                        pretrain_batches, pretrain_learner)
 from .probe import ProbeConfig, images_sha256, run_probe, write_json
 
 # %% auto #0
-__all__ = ['DATASETS', 'BUDGETS', 'STAND_IN', 'PROVENANCE', 'LOADED_COMMIT', 'SLIM', 'DatasetSpec', 'dataset_spec', 'Budget',
+__all__ = ['DATASETS', 'BUDGETS', 'STAND_IN', 'PROVENANCE', 'COMMIT_FILE', 'PROBE_KEYS', 'DatasetSpec', 'dataset_spec', 'Budget',
            'get_budget', 'Job', 'default_jobs', 'job_config', 'write_stand_in', 'data_root', 'git_commit',
-           'device_name', 'data_copy', 'step_seconds', 'probe_passes', 'estimate', 'plan_table', 'fmt_seconds',
-           'BudgetError', 'RunStopped', 'check_device', 'probe_config', 'learning_curve', 'result_path', 'run_job',
-           'reproduce']
+           'write_commit_file', 'loaded_commit', 'device_name', 'data_copy', 'random_basis', 'step_seconds',
+           'probe_passes', 'estimate', 'plan_table', 'fmt_seconds', 'BudgetError', 'RunStopped', 'check_device',
+           'probe_config', 'learning_curve', 'result_path', 'pretrain_job', 'job_provenance', 'run_job', 'reproduce']
 
 # %% ../nbs/08_reproduce.ipynb #3c04ebbc
 @dataclass(frozen=True)
@@ -62,18 +63,21 @@ class Budget:
     probes: tuple              # probe kinds (chapter 06), in order
     probe_epochs: int | None   # linear/MLP probe epochs (None: the recipe's 100)
     needs_gpu: bool = False
+    compile: bool = False      # compile the training step (worth its start-up only on a GPU)
+    save_every: int = 10       # checkpoint every N epochs (and at the end, and on a stop)
 
     def patch_size(self, size: int) -> int:
         "Patch side for images of side `size` (0: the model's own)."
         return size // self.grid if self.grid else 0
 
+# %% ../nbs/08_reproduce.ipynb #3b15f516
 BUDGETS = {b.name: b for b in (
     Budget('smoke', 'micro', 8, epochs=1, batch_size=64, base_lr=1.5e-4, warmup_epochs=0, warmup='linear', limit=256,
            probes=('fast', 'knn'), probe_epochs=None),
     Budget('cpu', 'micro', 8, epochs=8, batch_size=256, base_lr=1.5e-4, warmup_epochs=1, warmup='linear', limit=0,
            probes=('fast', 'knn'), probe_epochs=None),
     Budget('paper', 'vit_tiny', 0, epochs=800, batch_size=512, base_lr=1.5e-4, warmup_epochs=40, warmup='exponential', limit=0,
-           probes=('linear', 'mlp', 'knn'), probe_epochs=None, needs_gpu=True))}
+           probes=('linear', 'mlp', 'knn'), probe_epochs=None, needs_gpu=True, compile=True, save_every=50))}
 
 def get_budget(budget: str | Budget) -> Budget:
     "The budget called `budget` (or `budget` itself)."
@@ -110,14 +114,16 @@ def default_jobs(dataset: str, budget: str | Budget) -> list[Job]:
     return [Job('mae_std'), *pmae_jobs]
 
 # %% ../nbs/08_reproduce.ipynb #2a6f5ce1
-def job_config(dataset: str, job: Job, budget: str | Budget, root='data', runs='runs', device='auto') -> PretrainConfig:
-    "The pre-training configuration of `job` on `dataset` at `budget`, reading data from `root`, writing under `runs`."
+def job_config(dataset: str, job: Job, budget: str | Budget, root='data', runs='runs', device='auto',
+               compile: bool | None = None, compile_mode: str = 'default', save_every: int | None = None) -> PretrainConfig:
+    "The pre-training configuration of `job` on `dataset` at `budget` (compilation and saving: the budget's unless given)."
     spec, b = dataset_spec(dataset), get_budget(budget)
     return PretrainConfig(dataset=dataset, data_root=str(root), image_size=spec.size if dataset in MEDMNIST else 0,
                           limit=b.limit, method=job.method, ratio=job.ratio, model=b.model, patch_size=b.patch_size(spec.size),
                           epochs=b.epochs, batch_size=b.batch_size, base_lr=b.base_lr, warmup_epochs=b.warmup_epochs,
                           warmup=b.warmup, keep_every=max(1, b.epochs // 4), out=str(Path(runs) / dataset / b.name / job.tag),
-                          device=str(device))
+                          device=str(device), compile=b.compile if compile is None else compile, compile_mode=compile_mode,
+                          save_every=save_every or b.save_every)
 
 # %% ../nbs/08_reproduce.ipynb #f15af5de
 STAND_IN = 'STAND-IN'
@@ -144,19 +150,33 @@ def data_root(dataset: str, budget: str | Budget, root='data', scratch=None) -> 
 
 # %% ../nbs/08_reproduce.ipynb #ce806e88
 PROVENANCE = ('commit', 'dataset', 'data_copy', 'budget', 'epochs', 'device', 'wall_s')
+COMMIT_FILE = 'PMAE_COMMIT'   # where a copied tree without .git says which commit it is (written by `write_commit_file`)
 
 def git_commit(path=None) -> str:
-    "The commit of the git checkout holding `path` (default: this package), '+dirty' if tracked files changed."
+    "The commit of the code: git's ('+dirty' if tracked files changed), else `$PMAE_COMMIT`, else a `PMAE_COMMIT` file above it."
     where = Path(path or Path(pmae.__file__).parent)
     git = lambda *a: subprocess.run(['git', *a], cwd=where, capture_output=True, text=True, timeout=30)
     try: head = git('rev-parse', 'HEAD')
-    except (OSError, subprocess.TimeoutExpired): return 'unknown (git not available)'
-    if head.returncode: return 'unknown (not a git checkout)'
-    dirty = git('status', '--porcelain', '--untracked-files=no').stdout.strip()
-    return head.stdout.strip() + ('+dirty' if dirty else '')
+    except (OSError, subprocess.TimeoutExpired): head = None
+    if head is not None and head.returncode == 0:
+        return head.stdout.strip() + ('+dirty' if git('status', '--porcelain', '--untracked-files=no').stdout.strip() else '')
+    if os.environ.get('PMAE_COMMIT'): return os.environ['PMAE_COMMIT'].strip()
+    marker = next((d / COMMIT_FILE for d in (where, *where.parents) if (d / COMMIT_FILE).is_file()), None)
+    if marker: return marker.read_text().strip()
+    return 'unknown (not a git checkout; set PMAE_COMMIT or write a PMAE_COMMIT file)'
 
-LOADED_COMMIT = git_commit()   # the code this process runs: the checkout as it was when this module was imported
+def write_commit_file(root='.') -> Path:
+    "Record this checkout's commit in `root/PMAE_COMMIT`, for a copy of the tree that travels without its .git."
+    path = Path(root) / COMMIT_FILE
+    path.write_text(git_commit(root) + '\n')
+    return path
 
+@functools.cache
+def loaded_commit() -> str:
+    "The commit of the code this process runs, taken the first time a run asks (not when the module is imported)."
+    return git_commit()
+
+# %% ../nbs/08_reproduce.ipynb #71b69fb8
 def device_name(device) -> str:
     "A readable name of `device`: the GPU's model, or the CPU's model and core count."
     device = torch.device(device)
@@ -177,37 +197,36 @@ def data_copy(ds: ImageDataset, root) -> str:
     return f"official files at {src}"
 
 # %% ../nbs/08_reproduce.ipynb #2aa00bd4
-def step_seconds(cfg: PretrainConfig, shape: tuple, n_components: int, device, steps: int = 3) -> float:
-    "Seconds per training image of `cfg`'s model on `device`, timed on random images of `shape` (C, H, W)."
-    vit = vit_config(cfg.model, img_size=shape[-1], in_chans=shape[0], **({'patch_size': cfg.patch_size} if cfg.patch_size else {}))
-    d = shape[0] * shape[1] * shape[2]
-    g = torch.Generator().manual_seed(0)
-    basis = PCABasis(torch.zeros(shape), torch.ones(shape), torch.randn(min(n_components, d), d, generator=g) / d ** 0.5,
-                     torch.linspace(2, 1, min(n_components, d), dtype=torch.float64), 1.5 * min(n_components, d), n_components)
-    model = build_model(cfg, vit, basis if cfg.is_pmae else None, (basis.mean, basis.std)).to(device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    b = min(cfg.batch_size, 512 if device.type == 'cuda' else 64)
-    x = torch.randint(0, 256, (b, *shape), dtype=torch.uint8, generator=g).to(device)
-    def step():
-        opt.zero_grad(set_to_none=True); model(x).loss.backward(); opt.step()
-    step()                                                                              # warm-up
-    if device.type == 'cuda': torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    for _ in range(steps): step()
-    if device.type == 'cuda': torch.cuda.synchronize(device)
-    return (time.perf_counter() - t) / steps / b
+def random_basis(shape: tuple, n_components: int, seed: int = 0) -> PCABasis:
+    "A stand-in PCA basis of the right size (random unit components, a falling spectrum), for timing steps without data."
+    d = shape[0] * shape[1] * shape[2]; k = min(n_components, d)
+    g = torch.Generator().manual_seed(seed)
+    components = torch.randn(k, d, generator=g) / d ** 0.5                                      # (k, D), rows of norm ~1
+    return PCABasis(torch.zeros(shape), torch.ones(shape), components, torch.linspace(2, 1, k, dtype=torch.float64), 1.5 * k, n_components)
 
+def step_seconds(cfg: PretrainConfig, shape: tuple, n_components: int, device, steps: int = 3, warmup: int = 1) -> float:
+    "Seconds per training image of the run's real step on `device` (pipeline, autocast, compilation as `cfg` says), on random images."
+    device, basis = torch.device(device), random_basis(shape, n_components)
+    cfg = replace(cfg, batch_size=min(cfg.batch_size, 512 if device.type == 'cuda' else 64))
+    model = build_model(cfg, model_config(cfg, shape), basis if cfg.is_pmae else None, (basis.mean, basis.std)).to(device)
+    images = torch.randint(0, 256, ((warmup + steps) * cfg.batch_size, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batches = pretrain_batches(cfg, model, images, warmup + steps, device, Processes())
+    learn = pretrain_learner(cfg, model, batches, warmup + steps, device, cbs=[StepTimerCB(warmup)])
+    with float32_matmul(cfg.tf32): learn.fit(1)
+    return learn.step_seconds / cfg.batch_size
+
+# %% ../nbs/08_reproduce.ipynb #af3f22b2
 def probe_passes(budget: Budget, kind: str) -> float:
     "Training-set passes of a probe, in units of one training step (a frozen forward pass costs about a third)."
     epochs = budget.probe_epochs or 100
     return {'fast': 1 / 3, 'knn': 1 / 3, 'linear': epochs / 3, 'mlp': epochs / 3, 'finetune': epochs}[kind]
 
-def estimate(dataset: str, jobs: list[Job], budget: str | Budget, n_train: int, shape: tuple, device='cpu') -> list[dict]:
-    "Rough pre-training and probe seconds of each job on `device`, for `n_train` training images of `shape`."
+def estimate(dataset: str, jobs: list[Job], budget: str | Budget, n_train: int, shape: tuple, device='cpu', **runtime) -> list[dict]:
+    "Rough pre-training and probe seconds of each job on `device`, for `n_train` images of `shape` (`runtime`: `job_config`'s options)."
     b, device = get_budget(budget), torch.device(device)
     rows = []
     for job in jobs:
-        per_image = step_seconds(job_config(dataset, job, b), shape, n_train, device)
+        per_image = step_seconds(job_config(dataset, job, b, device=device, **runtime), shape, n_train, device)
         probes = sum(probe_passes(b, k) for k in b.probes) + (b.epochs // max(1, b.epochs // 4)) / 3   # + learning-curve probes
         rows.append(dict(job=job.tag, row=job.row(dataset), hidden=job.hidden(), pretrain_s=per_image * n_train * b.epochs,
                          probe_s=per_image * n_train * probes))
@@ -246,8 +265,8 @@ def probe_config(budget: Budget, kind: str, device='auto') -> ProbeConfig:
     "The probe `kind` as `budget` runs it, on `device`."
     return ProbeConfig(kind, epochs=budget.probe_epochs if kind in ('linear', 'mlp') else None, device=str(device))
 
-SLIM = ('kind', 'accuracy', 'best_acc', 'best_epoch', 'final_acc', 'best_k', 'sweep', 'history', 'n_train', 'n_test',
-        'eval_split', 'checkpoint_sha256', 'checkpoint_epoch', 'wall_s', 'config')
+PROBE_KEYS = ('kind', 'accuracy', 'best_acc', 'best_epoch', 'final_acc', 'best_k', 'sweep', 'history', 'n_train', 'n_test',
+              'eval_split', 'checkpoint_sha256', 'checkpoint_epoch', 'wall_s', 'config')   # what a results file keeps of a probe
 
 def learning_curve(run_dir, kind: str = 'fast', device='auto') -> list[dict]:
     "Probe accuracy (`kind`) of every kept snapshot `epoch_NNNN.pt` of a run."
@@ -259,42 +278,57 @@ def result_path(results, dataset: str, budget: str, job: Job) -> Path:
     "Where a job's results JSON lives."
     return Path(results) / dataset / budget / f'{job.tag}.json'
 
+# %% ../nbs/08_reproduce.ipynb #854ae4b0
+def pretrain_job(cfg: PretrainConfig, budget: Budget, job: Job, time_limit=None, stop_epoch: int | None = None, verbose=True) -> dict:
+    "Pre-train `cfg` (resumably), to the end of the budget's schedule or to `stop_epoch` of it; `RunStopped` if it stopped before."
+    stop_after = stop_epoch * (len(load_training_data(cfg).train) // cfg.batch_size) if stop_epoch else None
+    summary = pretrain(cfg, stop_after=stop_after, time_limit=time_limit, verbose=verbose)
+    if summary['status'] == 'complete' or (stop_epoch and summary['epochs_done'] >= stop_epoch): return summary
+    goal = f"{stop_epoch} (of {budget.epochs})" if stop_epoch else budget.epochs
+    raise RunStopped(f"{cfg.dataset} {job.tag} ({budget.name}) {summary['status']} at epoch {summary['epochs_done']}/{goal}: "
+                     "run the same command again to resume")
+
+def job_provenance(cfg: PretrainConfig, budget: Budget, summary: dict, started: float) -> dict:
+    "Where a job's numbers come from: code, data copy, budget, epochs, device, time, versions."
+    ds = load_training_data(cfg)
+    return dict(commit=loaded_commit(), dataset=cfg.dataset, data_copy=data_copy(ds, cfg.data_root),
+                data_sha256=images_sha256(ds.train.images), n_train=len(ds.train), n_eval=len(ds.eval), budget=budget.name,
+                epochs=summary['epochs_done'], device=device_name(pick_device(cfg.device)), wall_s=round(time.time() - started, 1),
+                torch=torch.__version__, pmae=pmae.__version__,
+                finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+
+# %% ../nbs/08_reproduce.ipynb #2f9c90e6
 def run_job(dataset: str, job: Job, budget: str | Budget, root='data', runs='runs', results='results', device='auto',
-            time_limit: float | None = None, verbose: bool = True) -> dict:
-    "Pre-train `job` on `dataset` at `budget` (stopping resumably after `time_limit` s), probe it, write its results JSON."
-    t0, b = time.time(), get_budget(budget)
-    cfg = job_config(dataset, job, b, root, runs, device)
-    summary = pretrain(cfg, time_limit=time_limit, verbose=verbose)
-    if summary['status'] != 'complete': raise RunStopped(f"{dataset} {job.tag} ({b.name}) {summary['status']} at epoch {summary['epochs_done']}/{b.epochs}: run the same command again to resume")
+            time_limit: float | None = None, verbose: bool = True, stop_epoch: int | None = None, **runtime) -> dict:
+    "Pre-train `job` (all of the budget's epochs, or up to `stop_epoch`), probe it, write its results JSON; `runtime`: `job_config`'s."
+    started, b = time.time(), get_budget(budget)
+    loaded_commit()                                                   # the code as it was when the run started
+    cfg = job_config(dataset, job, b, root, runs, device, **runtime)
+    summary = pretrain_job(cfg, b, job, time_limit, stop_epoch, verbose)
     probes = {}
     for kind in b.probes:
         r = run_probe(summary['checkpoint'], probe_config(b, kind, device), verbose=verbose)
-        probes[kind] = {k: r[k] for k in SLIM if k in r}
-    curve = learning_curve(cfg.run_dir, device=device)
-    ds = load_training_data(cfg)
+        probes[kind] = {k: r[k] for k in PROBE_KEYS if k in r}
     result = dict(dataset=dataset, label=dataset_spec(dataset).label, job=job.tag, method=job.method, ratio=job.ratio,
                   row=job.row(dataset), hidden=job.hidden(), budget=b.name, model=b.model, epochs=summary['epochs_done'],
-                  pretrain=dict(final_loss=summary['final_epoch_loss'], images_per_s=summary['images_per_s'],
-                                wall_s=summary['wall_s'], steps=summary['step'], config=summary['config']),
-                  probes=probes, curve=dict(probe='fast', points=curve),
-                  provenance=dict(commit=LOADED_COMMIT, dataset=dataset, data_copy=data_copy(ds, root),
-                                  data_sha256=images_sha256(ds.train.images), n_train=len(ds.train), n_eval=len(ds.eval),
-                                  budget=b.name, epochs=summary['epochs_done'], device=device_name(pick_device(cfg.device)),
-                                  wall_s=round(time.time() - t0, 1), torch=torch.__version__, pmae=pmae.__version__,
-                                  finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')))
+                  schedule_epochs=b.epochs, pretrain=dict(final_loss=summary['final_epoch_loss'], images_per_s=summary['images_per_s'],
+                  wall_s=summary['wall_s'], steps=summary['step'], config=summary['config']),
+                  probes=probes, curve=dict(probe='fast', points=learning_curve(cfg.run_dir, device=device)),
+                  provenance=job_provenance(cfg, b, summary, started))
     write_json(result, result_path(results, dataset, b.name, job))
     return result
 
 # %% ../nbs/08_reproduce.ipynb #3d0761f1
 def reproduce(dataset: str, budget: str | Budget = 'smoke', jobs: list[Job] | None = None, root='data', runs='runs',
-              results='results', force: bool = False, device='auto', time_limit: float | None = None, verbose: bool = True) -> list[dict]:
-    "Run the reproduction of `dataset` at `budget` (default jobs: `default_jobs`), stopping resumably after `time_limit` s."
+              results='results', force: bool = False, device='auto', time_limit: float | None = None, verbose: bool = True,
+              stop_epoch: int | None = None, **runtime) -> list[dict]:
+    "Run the reproduction of `dataset` at `budget` (default jobs: `default_jobs`), resumably; `runtime`: `job_config`'s options."
     t0, b, device = time.time(), get_budget(budget), pick_device(device)
     check_device(b, device, force)
+    loaded_commit()
     jobs = jobs or default_jobs(dataset, b)
     root = data_root(dataset, b, root, Path(runs) / 'stand-ins')
-    cfg = job_config(dataset, jobs[0], b, root, runs)
-    ds = load_training_data(cfg)
-    if verbose: print(plan_table(dataset, b, estimate(dataset, jobs, b, len(ds.train), ds.shape, device), len(ds.train), device))
+    ds = load_training_data(job_config(dataset, jobs[0], b, root, runs))
+    if verbose: print(plan_table(dataset, b, estimate(dataset, jobs, b, len(ds.train), ds.shape, device, **runtime), len(ds.train), device))
     left = lambda: None if time_limit is None else max(time_limit - (time.time() - t0), 0.0)   # seconds left to spend
-    return [run_job(dataset, job, b, root, runs, results, device, left(), verbose) for job in jobs]
+    return [run_job(dataset, job, b, root, runs, results, device, left(), verbose, stop_epoch, **runtime) for job in jobs]

@@ -1,4 +1,4 @@
-"""One pre-training loop for MAE and PMAE: data and augmentation on the device, the paper's schedule, checkpoints that resume exactly, one GPU or several.
+"""One pre-training loop for MAE and PMAE: data and augmentation on the device, the paper's schedule, checkpoints that resume exactly, one GPU or several, a step that compiles whole.
 
 Docs: https://github.com/pmae-dev/pmae/train.html.md"""
 
@@ -6,32 +6,33 @@ Docs: https://github.com/pmae-dev/pmae/train.html.md"""
 
 # %% ../nbs/05_train.ipynb #f1eebd4a
 from __future__ import annotations
-import hashlib, json, math, os, random, signal, time
-from contextlib import contextmanager, nullcontext
+import hashlib, json, math, os, random, time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn, Tensor
-from tqdm.auto import tqdm
 
 from .data import LOADERS, ImageDataset, load_dataset
 from .pca import PCABasis, atomic_save, check_images, fit_pca, pixel_stats, read_saved
-from .masking import MASKINGS, ComponentMasking, PatchMask, PatchMasking, get_masking
+from .masking import MASKINGS, ComponentMasking, PatchMask, PatchMasking, get_masking, mask_at
 from .mae import CONFIGS, MAE, MaskedAutoencoder, ViTConfig, vit_config
 from .pmae import PMAE, PMAE_LOSSES
+from .learner import (COMPILE_MODES, CheckpointCB, CompileCB, DDPCB, DivergenceCB, Learner, MetricsCB, Processes,
+                          ProgressCB, StopCB, TrainingDiverged, barrier, init_processes, read_metrics, restore_learner)
 
 # %% auto #0
 __all__ = ['WARMUPS', 'CHECKPOINT_FORMAT', 'RUNTIME_KEYS', 'crop_boxes', 'crop_params', 'apply_crops', 'augment', 'lr_factor',
            'ConfigError', 'Config', 'opt', 'PretrainConfig', 'sha256_file', 'pick_device', 'autocast_dtype',
-           'load_training_data', 'model_config', 'prepare_basis', 'build_model', 'Processes', 'init_processes',
-           'constant_buffers', 'barrier', 'any_process', 'rank_rows', 'epoch_seed', 'epoch_order', 'draw_masks',
-           'AugmentedImages', 'memory_batches', 'loader_batches', 'TrainingDiverged', 'CheckpointMismatchError',
-           'read_checkpoint', 'check_resume', 'load_encoder', 'RunLog', 'read_metrics', 'graceful_stop', 'train_step',
-           'pretrain']
+           'load_training_data', 'model_config', 'prepare_basis', 'build_model', 'rank_rows', 'epoch_seed',
+           'epoch_order', 'draw_masks', 'epoch_draws', 'draw_bytes', 'AugmentedImages', 'to_device', 'memory_batches',
+           'loader_batches', 'pretrain_batches', 'CheckpointMismatchError', 'read_checkpoint', 'check_resume',
+           'load_encoder', 'save_encoder', 'pretrain_loss', 'make_optimizer', 'make_schedule', 'pretrain_learner',
+           'float32_matmul', 'RunParts', 'open_run', 'pretrain_callbacks', 'pretrain_summary', 'pretrain']
 
 # %% ../nbs/05_train.ipynb #add21105
 def crop_boxes(n: int, hw: tuple, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), generator=None, device=None,
@@ -130,24 +131,28 @@ class PretrainConfig(Config):
     clip_grad: float = opt(0.0, "clip the gradient norm to this (0: no clipping)")
     seed: int = opt(0, "seed of the initialisation, data order, augmentation and masks")
     precision: str = opt('auto', "'auto' (bf16 on CUDA, fp32 elsewhere), 'bf16', 'fp16' or 'fp32' (the paper's)")
-    compile: bool = opt(False, "torch.compile the model")
+    compile: bool = opt(False, "torch.compile the model's forward and backward passes")
+    compile_mode: str = opt('default', "torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs) or 'max-autotune'")
+    tf32: bool = opt(False, "let float32 matrix products (PMAE's projections) use TF32 on GPUs that have it")
+    draw_steps: int = opt(1, "draw the crops and masks of this many steps in one call (0: a whole epoch); other draws")
     pipeline: str = opt('memory', "'memory' (images and augmentation on the device) or 'loader' (DataLoader)")
     workers: int = opt(4, "DataLoader worker processes (pipeline = 'loader')")
     device: str = opt('auto', "'auto', 'cpu', 'cuda', 'cuda:1', ...")
     out: str = opt('', "run folder ('': runs/<dataset>_<method>)")
-    save_every: int = opt(10, "write the checkpoint every N epochs (and always at the end)")
-    keep_every: int = opt(0, "also keep a copy of the checkpoint every N epochs (0: none)")
+    save_every: int = opt(10, "write the checkpoint every N epochs (and always at the end and on a stop)")
+    keep_every: int = opt(0, "also keep a snapshot of the weights every N epochs (0: none)")
+    background_save: bool = opt(True, "write checkpoints on a background thread while training goes on")
     log_every: int = opt(50, "update the progress bar and check the loss every N steps")
 
     def __post_init__(self):
         self.check_types()
         choices = dict(dataset=LOADERS, method=MASKINGS, model=CONFIGS, loss=PMAE_LOSSES, warmup=WARMUPS,
-                       precision=('auto', 'bf16', 'fp16', 'fp32'), pipeline=('memory', 'loader'))
+                       precision=('auto', 'bf16', 'fp16', 'fp32'), pipeline=('memory', 'loader'), compile_mode=COMPILE_MODES)
         for k, options in choices.items():
             if getattr(self, k) not in options: raise ConfigError(f"{k} must be one of {', '.join(options)}; got {getattr(self, k)!r}")
         for k in ('epochs', 'batch_size', 'save_every', 'log_every'):
             if getattr(self, k) < 1: raise ConfigError(f"{k} must be at least 1, got {getattr(self, k)}")
-        for k in ('limit', 'image_size', 'patch_size', 'warmup_epochs', 'keep_every', 'workers'):
+        for k in ('limit', 'image_size', 'patch_size', 'warmup_epochs', 'keep_every', 'workers', 'draw_steps'):
             if getattr(self, k) < 0: raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
         if self.ratio and not 0 < self.ratio < 1: raise ConfigError(f"ratio must be strictly between 0 and 1, got {self.ratio}")
         if self.base_lr <= 0 or self.weight_decay < 0 or self.clip_grad < 0: raise ConfigError("base_lr must be > 0, weight_decay and clip_grad >= 0")
@@ -226,41 +231,10 @@ def build_model(cfg: PretrainConfig, vit: ViTConfig, basis: PCABasis | None, sta
     return model
 
 # %% ../nbs/05_train.ipynb #8faa831f
-@dataclass(frozen=True)
-class Processes:
-    "Where this process stands in a (possibly single-process) distributed job."
-    rank: int = 0
-    world: int = 1
-    @property
-    def main(self) -> bool: return self.rank == 0
-
-def init_processes(device: torch.device) -> Processes:
-    "Join the torchrun job this process belongs to (NCCL on GPUs, gloo on CPU), or a single process outside torchrun."
-    world = int(os.environ.get('WORLD_SIZE', 1))
-    if world == 1: return Processes()
-    if not dist.is_initialized(): dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    return Processes(dist.get_rank(), dist.get_world_size())
-
-def constant_buffers() -> dict:
-    "DDP keyword that stops it re-sending the (constant) buffers, such as PMAE's basis, at every step."
-    import inspect
-    sig = inspect.signature(nn.parallel.DistributedDataParallel)
-    return {'forward_sync_buffers': False} if 'forward_sync_buffers' in sig.parameters else {'broadcast_buffers': False}
-
-def barrier(procs: Processes):
-    "Wait for every process (no-op for one)."
-    if procs.world > 1: dist.barrier()
-
-def any_process(flag: bool, procs: Processes, device) -> bool:
-    "True on every process when `flag` is True on at least one."
-    if procs.world == 1: return flag
-    t = torch.tensor(float(flag), device=device); dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
 def rank_rows(x, procs: Processes):
-    "This process's share of a global batch: its rows of `x` (a tensor or a `PatchMask`); a (1, ...) per-batch mask is shared."
+    "This process's share of a global batch: its rows of `x` (a tensor or a `PatchMask`); per-batch masks and counts are shared."
     if isinstance(x, PatchMask): return PatchMask(*(rank_rows(t, procs) for t in x))
-    if procs.world == 1 or len(x) == 1: return x
+    if x is None or x.ndim == 0 or procs.world == 1 or len(x) == 1: return x
     b = len(x) // procs.world
     return x[procs.rank * b:(procs.rank + 1) * b]
 
@@ -273,11 +247,29 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     "The epoch's shuffled order of `n` training images (the same on every process)."
     return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, 0)))
 
-def draw_masks(model: MaskedAutoencoder, n: int, generator=None, device=None):
-    "Masks for a global batch of `n` images: a `PatchMask` (MAE) or hidden components (1 or n, K) (PMAE)."
-    if isinstance(model, PMAE): return model.masking(model.ratios, n, generator, check=False)   # ratios checked with the basis; no host sync
-    return model.masking(n, model.config.n_patches, generator, device)
+def draw_masks(model: MaskedAutoencoder, n: int, generator=None, device=None, steps: int | None = None):
+    "Masks of a global batch of `n` images (with `steps`, of that many batches): a `PatchMask` (MAE) or components (PMAE)."
+    if isinstance(model, PMAE): return model.masking(model.ratios, n, generator, check=False, steps=steps)   # checked once, at attach
+    return model.masking(n, model.config.n_patches, generator, device, steps)
 
+# %% ../nbs/05_train.ipynb #b0faa6f4
+def epoch_draws(model: MaskedAutoencoder, batch_size: int, n_batches: int, hw: tuple, generator, draw_steps: int = 1,
+                crops: bool = True):
+    "Each batch's crops (B, 2, 3) (None without `crops`) and masks for an epoch, drawn `draw_steps` batches at a time (0: all)."
+    chunk, device = draw_steps or n_batches, generator.device
+    for start in range(0, n_batches, chunk):
+        steps = min(chunk, n_batches - start)
+        theta = crop_params(steps * batch_size, hw, True, generator, device).view(steps, batch_size, 2, 3) if crops else None
+        masks = draw_masks(model, batch_size, generator, device, steps)
+        for s in range(steps): yield (theta[s] if crops else None), mask_at(masks, s)
+
+def draw_bytes(model: MaskedAutoencoder, batch_size: int, steps: int) -> int:
+    "Rough bytes the random draws of `steps` batches hold at once (crops, and masks with the temporaries of their sort)."
+    if isinstance(model, PMAE): per_step = (batch_size if model.masking.per_sample else 1) * len(model.ratios) * 40
+    else: per_step = batch_size * model.config.n_patches * 20
+    return steps * (per_step + batch_size * 24)
+
+# %% ../nbs/05_train.ipynb #86463994
 class AugmentedImages(torch.utils.data.Dataset):
     "uint8 images (N, C, H, W) with torchvision's per-image RandomResizedCrop + flip: the DataLoader pipeline."
     def __init__(self, images: Tensor):
@@ -288,35 +280,54 @@ class AugmentedImages(torch.utils.data.Dataset):
     def __len__(self): return len(self.images)
     def __getitem__(self, i): return self.tf(self.images[i])
 
-def memory_batches(images: Tensor, order: Tensor, batch_size: int, first: int, generator, procs: Processes):
-    "Augmented batches ([0, 1] floats, this process's rows) of device-resident uint8 `images`, from batch `first` of the epoch."
-    order = order.to(images.device)
-    for b in range(first, len(order) // batch_size):
-        idx = order[b * batch_size:(b + 1) * batch_size]
-        theta = crop_params(batch_size, images.shape[-2:], True, generator, images.device)   # drawn for the global batch
-        yield apply_crops(images[rank_rows(idx, procs)], rank_rows(theta, procs))
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    "`t` on `device`, without making the host wait (pinned, non-blocking) when that is a GPU."
+    return t.pin_memory().to(device, non_blocking=True) if device.type == 'cuda' else t.to(device)
 
-def loader_batches(images: Tensor, order: Tensor, batch_size: int, first: int, seed: int, workers: int, procs: Processes, device):
+def memory_batches(images: Tensor, order: Tensor, batch_size: int, first: int, draws, procs: Processes):
+    "(images, masks) batches of device-resident uint8 `images`, augmented ([0, 1] floats, this process's rows), from batch `first`."
+    order = to_device(order, images.device)
+    for b, (theta, mask) in enumerate(islice(draws, first, None), first):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        yield apply_crops(images[rank_rows(idx, procs)], rank_rows(theta, procs)), rank_rows(mask, procs)
+
+# %% ../nbs/05_train.ipynb #c49fe99b
+def loader_batches(images: Tensor, order: Tensor, batch_size: int, first: int, seed: int, workers: int, procs: Processes,
+                   device, draws):
     "The same batches through a torchvision `DataLoader` with per-image transforms in `workers` processes."
     batches = [rank_rows(order[b * batch_size:(b + 1) * batch_size], procs).tolist() for b in range(first, len(order) // batch_size)]
     dl = torch.utils.data.DataLoader(AugmentedImages(images), batch_sampler=batches, num_workers=workers,
                                      pin_memory=device.type == 'cuda', generator=torch.Generator().manual_seed(seed))
-    for x in dl: yield x.to(device, non_blocking=True)
+    for x, (_, mask) in zip(dl, islice(draws, first, None)): yield x.to(device, non_blocking=True), rank_rows(mask, procs)
+
+def pretrain_batches(cfg: PretrainConfig, model: MaskedAutoencoder, images: Tensor, n_batches: int, device, procs: Processes):
+    "A run's `batches(epoch, first)`: the epoch's order, crops and masks from the run's seed, through `cfg.pipeline`."
+    steps = cfg.draw_steps or n_batches
+    if draw_bytes(model, cfg.batch_size, steps) > 2**30:
+        raise ConfigError(f"draw_steps={cfg.draw_steps} would hold about {draw_bytes(model, cfg.batch_size, steps) / 2**30:.1f} GiB "
+                          f"of random draws ({steps} steps at once); use a smaller draw_steps")
+    resident = images.to(device) if cfg.pipeline == 'memory' else images
+    def batches(epoch: int, first: int):
+        order, gen = epoch_order(len(images), cfg.seed, epoch), torch.Generator(device).manual_seed(epoch_seed(cfg.seed, epoch, 1))
+        draws = epoch_draws(model, cfg.batch_size, n_batches, images.shape[-2:], gen, cfg.draw_steps, cfg.pipeline == 'memory')
+        if cfg.pipeline == 'memory': return memory_batches(resident, order, cfg.batch_size, first, draws, procs)
+        return loader_batches(images, order, cfg.batch_size, first, epoch_seed(cfg.seed, epoch, 2), cfg.workers, procs, device, draws)
+    return batches
 
 # %% ../nbs/05_train.ipynb #6efc32ac
-class TrainingDiverged(RuntimeError):
-    "The loss became NaN or infinite."
-
 class CheckpointMismatchError(ValueError):
     "A checkpoint written by a run with another configuration."
 
 CHECKPOINT_FORMAT = 'pmae-pretrain'
-RUNTIME_KEYS = {'data_root', 'download', 'device', 'compile', 'pipeline', 'workers', 'out', 'save_every', 'keep_every', 'log_every', 'precision'}
+RUNTIME_KEYS = {'data_root', 'download', 'device', 'compile', 'compile_mode', 'tf32', 'pipeline', 'workers', 'out',
+                'save_every', 'keep_every', 'background_save', 'log_every', 'precision'}
 
 def read_checkpoint(path, device='cpu') -> dict:
     "A pre-training checkpoint, or a clear error if `path` is not one."
     return read_saved(path, CHECKPOINT_FORMAT, 'checkpoint', 'pre-training checkpoint', device)
 
+
+# %% ../nbs/05_train.ipynb #11b139a8
 def check_resume(state: dict, cfg: PretrainConfig, vit: ViTConfig, pca_sha: str, path):
     "Refuse to continue a checkpoint written for another model, data, recipe or PCA file."
     if state['model_config'] != asdict(vit):
@@ -329,177 +340,121 @@ def check_resume(state: dict, cfg: PretrainConfig, vit: ViTConfig, pca_sha: str,
                                            "use another --out to start a new run")
     if state['pca_sha256'] != pca_sha: raise CheckpointMismatchError(f"{path} was trained with another PCA file than the one this run uses")
 
+# %% ../nbs/05_train.ipynb #668d8bfb
 def load_encoder(path, device='cpu') -> MaskedAutoencoder:
-    "The pre-trained encoder (with its pixel statistics) of a checkpoint, in eval mode: what the probes read."
+    "The pre-trained encoder (with its pixel statistics) of a checkpoint or of a `save_encoder` file, in eval mode, in float32."
     state = read_checkpoint(path)
     model = MaskedAutoencoder(ViTConfig(**state['model_config']))
-    model.load_state_dict(state['model'])
+    weights = {k: v.float() for k, v in state['model'].items()}
+    missing, unexpected = model.load_state_dict(weights, strict=not state.get('encoder_only'))
+    if unexpected or any(not k.startswith('decoder.') for k in missing):
+        raise ValueError(f"{path} does not hold a whole encoder: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model.to(device).eval()
 
-# %% ../nbs/05_train.ipynb #b465ae69
-class RunLog:
-    "Per-epoch metrics appended to `metrics.jsonl` (and to TensorBoard when it is installed); main process only."
-    def __init__(self, run_dir: Path, active: bool, resume_step: int = 0):
-        self.path, self.active, self.tb = run_dir / 'metrics.jsonl', active, None
-        if not active: return
-        if self.path.exists():   # drop what was logged after the checkpoint we resume from
-            lines = [l for l in self.path.read_text().splitlines() if l and json.loads(l)['step'] <= resume_step]
-            self.path.write_text(''.join(l + '\n' for l in lines))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(run_dir / 'tensorboard')
-        except ImportError: pass
-
-    def write(self, **metrics):
-        if not self.active: return
-        with open(self.path, 'a') as f: f.write(json.dumps(metrics) + '\n')
-        if self.tb:
-            for k, v in metrics.items():
-                if k not in ('epoch', 'step'): self.tb.add_scalar(k, v, metrics['step'])
-
-    def close(self):
-        if self.tb: self.tb.close()
-
-def read_metrics(run_dir) -> list[dict]:
-    "The per-epoch metrics of a run."
-    path = Path(run_dir) / 'metrics.jsonl'
-    return [json.loads(l) for l in path.read_text().splitlines() if l] if path.exists() else []
-
-@contextmanager
-def graceful_stop():
-    "While active, SIGINT/SIGTERM set `flag[0]` instead of killing the run (a second Ctrl-C still does)."
-    flag, old = [False], {}
-    def handler(sig, frame):
-        if flag[0] and sig == signal.SIGINT: raise KeyboardInterrupt
-        flag[0] = True
-    try:
-        for s in (signal.SIGINT, signal.SIGTERM): old[s] = signal.signal(s, handler)
-    except ValueError: pass    # not the main thread: signals stay as they are
-    try: yield flag
-    finally:
-        for s, h in old.items(): signal.signal(s, h)
+def save_encoder(checkpoint, path, dtype=torch.bfloat16) -> Path:
+    "Write the encoder and pixel statistics of `checkpoint` alone (no decoder, no optimiser), in `dtype`: what the probes need."
+    state = read_checkpoint(checkpoint)
+    keep = {k: v.to(dtype) for k, v in state['model'].items() if not k.startswith('decoder.')}
+    return atomic_save({k: v for k, v in state.items() if k not in ('model', 'optimizer', 'scheduler', 'scaler', 'rng')} |
+                       dict(model=keep, encoder_only=True, source_sha256=sha256_file(checkpoint)), path)
 
 # %% ../nbs/05_train.ipynb #67bc9f85
-def train_step(net: nn.Module, x: Tensor, mask, opt, sched, scaler, dtype, clip: float, params) -> Tensor:
-    "One optimiser step on batch `x` with `mask`; the (detached) loss."
-    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        loss = net(x, mask).loss
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if clip:
-        scaler.unscale_(opt)
-        nn.utils.clip_grad_norm_(params, clip)
-    scaler.step(opt); scaler.update(); sched.step()
-    return loss.detach()
+def pretrain_loss(net: nn.Module, batch) -> Tensor:
+    "The masked-autoencoding loss of one batch `(images, masks)`."
+    images, masks = batch
+    return net(images, masks).loss
+
+def make_optimizer(cfg: PretrainConfig, model: nn.Module, device) -> torch.optim.AdamW:
+    "AdamW with the recipe's learning rate, betas and weight decay on every trainable parameter (fused on a GPU)."
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                             **({'fused': True} if torch.device(device).type == 'cuda' else {}))
+
+def make_schedule(cfg: PretrainConfig, opt, steps_per_epoch: int):
+    "The recipe's warm-up then cosine, stepped every batch."
+    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.warmup, steps_per_epoch))
+
+# %% ../nbs/05_train.ipynb #22582d2c
+def pretrain_learner(cfg: PretrainConfig, model: MaskedAutoencoder, batches, steps_per_epoch: int, device,
+                     procs: Processes = Processes(), cbs=()) -> Learner:
+    "The `Learner` of a pre-training run: the recipe's optimiser and schedule, autocast, clipping, DDP and compilation per `cfg`."
+    opt = make_optimizer(cfg, model, device)
+    core = [DDPCB(procs)] + ([CompileCB(cfg.compile_mode)] if cfg.compile else [])
+    return Learner(model, batches, pretrain_loss, opt, make_schedule(cfg, opt, steps_per_epoch), cbs=[*core, *cbs],
+                   dtype=autocast_dtype(cfg.precision, torch.device(device)), clip=cfg.clip_grad, steps_per_epoch=steps_per_epoch)
+
+@contextmanager
+def float32_matmul(tf32: bool):
+    "While active, let float32 matrix products use TF32 (GPUs that have it) when `tf32`; otherwise change nothing."
+    old = torch.get_float32_matmul_precision()
+    if tf32: torch.set_float32_matmul_precision('high')
+    try: yield
+    finally: torch.set_float32_matmul_precision(old)
 
 # %% ../nbs/05_train.ipynb #2928f7c5
-def pretrain(cfg: PretrainConfig, stop_after: int | None = None, time_limit: float | None = None, verbose: bool = True) -> dict:
-    "Pre-train (or resume) the run `cfg` describes; stops early after `stop_after` total steps or `time_limit` seconds, resumably."
-    t_start, device = time.time(), pick_device(cfg.device)
-    if device.type == 'cuda': torch.cuda.set_device(device)
-    procs = init_processes(device)
-    run, B = cfg.run_dir, cfg.batch_size
-    ds = load_training_data(cfg)
-    images = ds.train.images                                                  # (N, C, H, W) uint8
+@dataclass
+class RunParts:
+    "What a pre-training run starts from: its images, model shapes, basis or pixel statistics, and checkpoint."
+    images: Tensor             # (N, C, H, W) uint8 training images
+    vit: ViTConfig
+    basis: PCABasis | None     # PMAE's basis (None for MAE)
+    pca_sha: str               # SHA-256 of the PCA file ('' for MAE)
+    stats: tuple               # per-pixel (mean, std), each (C, H, W)
+    state: dict | None         # the checkpoint to resume from
+    steps_per_epoch: int
+
+def open_run(cfg: PretrainConfig, procs: Processes, device) -> RunParts:
+    "Load the data, check the batch, read the run folder's checkpoint, fit or load the PCA basis, and check it all belongs together."
+    images, B = load_training_data(cfg).train.images, cfg.batch_size
     if B % procs.world: raise ConfigError(f"batch_size {B} must be divisible by the {procs.world} processes")
-    steps_per_epoch, total = len(images) // B, len(images) // B * cfg.epochs
-    if not steps_per_epoch: raise ConfigError(f"batch_size {B} is larger than the {len(images)} training images")
-    vit = model_config(cfg, ds.shape)
+    if len(images) < B: raise ConfigError(f"batch_size {B} is larger than the {len(images)} training images")
+    vit, run, ckpt = model_config(cfg, images.shape[1:]), cfg.run_dir, cfg.run_dir / 'checkpoint.pt'
     if procs.main: run.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run / 'checkpoint.pt'
-    state = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    state = read_checkpoint(ckpt) if ckpt.exists() else None
     if state is None and procs.main: (run / 'config.json').write_text(json.dumps(asdict(cfg), indent=1))
     if procs.main: basis, pca_sha, stats = prepare_basis(cfg, images, run, device)   # the main process fits and saves the PCA first
     barrier(procs)
     if not procs.main: basis, pca_sha, stats = prepare_basis(cfg, images, run, device)
-    if state: check_resume(state, cfg, vit, pca_sha, ckpt_path)
+    if state: check_resume(state, cfg, vit, pca_sha, ckpt)
+    return RunParts(images, vit, basis, pca_sha, stats, state, len(images) // B)
 
-    random.seed(cfg.seed); np.random.seed(cfg.seed)
-    model = build_model(cfg, vit, basis, stats).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                            **({'fused': True} if device.type == 'cuda' else {}))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup_epochs * steps_per_epoch, cfg.warmup, steps_per_epoch))
-    dtype = autocast_dtype(cfg.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    gen = torch.Generator(device)
-    epoch, first, step, carried = 0, 0, 0, (0.0, 0)     # carried: loss sum and steps of a partly done epoch
-    if state:
-        model.load_state_dict(state['model']); opt.load_state_dict(state['optimizer'])
-        sched.load_state_dict(state['scheduler']); scaler.load_state_dict(state['scaler'])
-        epoch, first, step, carried = state['epoch'], state['batch'], state['step'], tuple(state['epoch_loss'])
-        torch.set_rng_state(state['rng']['torch'])
-        if first: gen.set_state(state['rng']['generator'])
-    net = model
-    if procs.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None, **constant_buffers())
-    if cfg.compile: net = torch.compile(net)
-    images_dev = images.to(device) if cfg.pipeline == 'memory' else images
+# %% ../nbs/05_train.ipynb #ac805474
+def pretrain_callbacks(cfg: PretrainConfig, run: RunParts, procs: Processes, stop_after=None, time_limit=None,
+                       started=None, verbose: bool = True) -> list:
+    "The callbacks of a run: NaN stop, metrics log, progress bar, checkpoints (with the run's description) and stops."
+    meta = dict(format=CHECKPOINT_FORMAT, version=1, config=asdict(cfg), model_config=asdict(run.vit),
+                pca_sha256=run.pca_sha, world_size=procs.world)
+    return [DivergenceCB(cfg.log_every), MetricsCB(cfg.run_dir, cfg.batch_size, active=procs.main),
+            ProgressCB(cfg.log_every, f"{cfg.method} {cfg.dataset}", cfg.batch_size, enabled=verbose and procs.main),
+            CheckpointCB(cfg.run_dir / 'checkpoint.pt', cfg.save_every, cfg.keep_every, meta, cfg.background_save),
+            StopCB(stop_after, time_limit, cfg.log_every, started)]
 
-    def save(epoch, batch):
-        "Checkpoint (main process), atomically; also the run summary."
-        if procs.main:
-            atomic_save(dict(format=CHECKPOINT_FORMAT, version=1, model=model.state_dict(), optimizer=opt.state_dict(),
-                             scheduler=sched.state_dict(), scaler=scaler.state_dict(), epoch=epoch, batch=batch, step=step,
-                             rng=dict(torch=torch.get_rng_state(), generator=gen.get_state()), config=asdict(cfg),
-                             model_config=asdict(vit), pca_sha256=pca_sha, world_size=procs.world,
-                             epoch_loss=(float(loss_sum), n_steps) if batch else (0.0, 0)), ckpt_path)
-            if cfg.keep_every and batch == 0 and epoch % cfg.keep_every == 0:
-                atomic_save(torch.load(ckpt_path, weights_only=True), run / f"epoch_{epoch:04d}.pt")
-        barrier(procs)
-
-    log = RunLog(run, procs.main, step)
-    bar = tqdm(total=total, initial=step, disable=not (verbose and procs.main), unit='step', dynamic_ncols=True,
-               desc=f"{cfg.method} {cfg.dataset}")
-    logged = read_metrics(run) if procs.main else []
-    status, seen, t_loop = 'complete', 0, time.perf_counter()
-    last_loss = logged[-1]['loss'] if logged else float('nan')      # a finished run called again reports its last epoch
-    def stop_now(flag) -> bool:
-        "Stop here? `stop_after` is the same on every process; signals and the clock are agreed on every `log_every` steps."
-        if stop_after is not None and step >= stop_after: return True
-        if procs.world > 1 and step % cfg.log_every: return False
-        return any_process(flag[0] or (time_limit is not None and time.time() - t_start > time_limit), procs, device)
-    def diverged(loss_sum, where):
-        if any_process(not bool(torch.isfinite(loss_sum)), procs, device):
-            good = f"the last good checkpoint, {ckpt_path} (epoch {read_checkpoint(ckpt_path)['epoch']}), is untouched" \
-                   if ckpt_path.exists() else "no checkpoint had been written yet"
-            raise TrainingDiverged(f"the loss became {float(loss_sum)} {where}: training stopped; {good}")
-    try:
-        with graceful_stop() as flag:
-            while epoch < cfg.epochs:
-                order = epoch_order(len(images), cfg.seed, epoch)
-                if not first: gen.manual_seed(epoch_seed(cfg.seed, epoch, 1))
-                batches = (memory_batches(images_dev, order, B, first, gen, procs) if cfg.pipeline == 'memory' else
-                           loader_batches(images, order, B, first, epoch_seed(cfg.seed, epoch, 2), cfg.workers, procs, device))
-                loss_sum, n_steps, t_epoch = torch.tensor(carried[0], device=device), carried[1], time.perf_counter()
-                carried, n_before = (0.0, 0), carried[1]
-                for b, x in enumerate(batches, start=first):
-                    mask = rank_rows(draw_masks(model, B, gen, device), procs)
-                    loss_sum += train_step(net, x, mask, opt, sched, scaler, dtype, cfg.clip_grad, params)
-                    step, n_steps, seen = step + 1, n_steps + 1, seen + B
-                    bar.update()
-                    if step % cfg.log_every == 0:
-                        diverged(loss_sum, f"at epoch {epoch + 1}, step {step}")
-                        bar.set_postfix(loss=f"{float(loss_sum) / n_steps:.4f}", img_s=f"{seen / (time.perf_counter() - t_loop):.0f}")
-                    if (b + 1 < steps_per_epoch) and stop_now(flag):
-                        diverged(loss_sum, f"at epoch {epoch + 1}, step {step}")
-                        status = 'interrupted' if flag[0] else 'stopped'; save(epoch, b + 1); break
-                if status != 'complete': break
-                if procs.world > 1: dist.all_reduce(loss_sum); loss_sum /= procs.world
-                diverged(loss_sum, f"in epoch {epoch + 1}")
-                epoch, first, last_loss = epoch + 1, 0, float(loss_sum) / max(n_steps, 1)
-                dt, speed = time.perf_counter() - t_epoch, (n_steps - n_before) * B / (time.perf_counter() - t_epoch)
-                log.write(epoch=epoch, step=step, loss=last_loss, lr=opt.param_groups[0]['lr'], images_per_s=speed, epoch_s=dt)
-                bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{speed:.0f}")
-                stopping = epoch < cfg.epochs and stop_now(flag)
-                if epoch % cfg.save_every == 0 or (cfg.keep_every and epoch % cfg.keep_every == 0) or epoch == cfg.epochs or stopping:
-                    save(epoch, 0)
-                if stopping: status = 'interrupted' if flag[0] else 'stopped'; break
-    finally:
-        bar.close(); log.close()
-    summary = dict(status=status, epochs_done=epoch, step=step, steps_total=total, final_epoch_loss=last_loss,
-                   images_per_s=seen / max(time.perf_counter() - t_loop, 1e-9), wall_s=time.time() - t_start,
+def pretrain_summary(cfg: PretrainConfig, run: RunParts, learn: Learner, device, procs: Processes, started: float) -> dict:
+    "What a run did (also written to `pretrain.json` by the main process)."
+    logged = read_metrics(cfg.run_dir) if procs.main else []
+    last = logged[-1]['loss'] if logged else getattr(learn, 'epoch_loss', float('nan'))   # a finished run called again: its last epoch
+    summary = dict(status=learn.status, epochs_done=learn.epoch, step=learn.step, steps_total=cfg.epochs * run.steps_per_epoch,
+                   final_epoch_loss=last, images_per_s=learn.images_per_s, wall_s=time.time() - started,
                    device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu', processes=procs.world,
-                   checkpoint=str(ckpt_path), config=asdict(cfg), model_config=asdict(vit), pca_sha256=pca_sha)
-    if procs.main: (run / 'pretrain.json').write_text(json.dumps(summary, indent=1))
+                   backend=torch.distributed.get_backend() if procs.distributed else None,
+                   checkpoint=str(cfg.run_dir / 'checkpoint.pt'), config=asdict(cfg), model_config=asdict(run.vit), pca_sha256=run.pca_sha)
+    if procs.main: (cfg.run_dir / 'pretrain.json').write_text(json.dumps(summary, indent=1))
     return summary
+
+# %% ../nbs/05_train.ipynb #20664cac
+def pretrain(cfg: PretrainConfig, stop_after: int | None = None, time_limit: float | None = None, verbose: bool = True,
+             cbs=()) -> dict:
+    "Pre-train (or resume) the run `cfg` describes; stops early after `stop_after` total steps or `time_limit` seconds, resumably."
+    started, device = time.time(), pick_device(cfg.device)
+    if device.type == 'cuda': torch.cuda.set_device(device)
+    procs = init_processes(device)
+    run = open_run(cfg, procs, device)
+    random.seed(cfg.seed); np.random.seed(cfg.seed)
+    model = build_model(cfg, run.vit, run.basis, run.stats).to(device)
+    batches = pretrain_batches(cfg, model, run.images, run.steps_per_epoch, device, procs)
+    callbacks = pretrain_callbacks(cfg, run, procs, stop_after, time_limit, started, verbose)
+    learn = pretrain_learner(cfg, model, batches, run.steps_per_epoch, device, procs, [*callbacks, *cbs])
+    if run.state: restore_learner(learn, run.state)
+    with float32_matmul(cfg.tf32): learn.fit(cfg.epochs)
+    return pretrain_summary(cfg, run, learn, device, procs, started)

@@ -102,3 +102,18 @@ def test_reference_pmae_input_has_no_energy_in_the_hidden_components():
     torch.testing.assert_close(target, x.flatten(1) @ basis.components[hidden].T)
     assert bench.reference_pmae_loss(x, v_hid, target) < 1e-10                           # the true image: zero loss
     torch.testing.assert_close(bench.reference_pmae_loss(x_vis, v_hid, target), target.pow(2).mean())   # the input alone: all of it
+
+
+def test_reference_is_the_real_mae_with_its_fixed_positions():
+    "transformers 5 leaves ViTMAE's sin-cos positions at zero for a model built from a config; the benchmark writes MAE's own."
+    pytest.importorskip('transformers')
+    from transformers.models.vit_mae.modeling_vit_mae import ViTMAEDecoder
+    from pmae.mae import vit_config
+    bench = load_bench_module()
+    hf = bench.reference_model(vit_config('micro'), 0.75)                                # 32x32, 8-pixel patches: a 4x4 grid
+    enc, dec = hf.vit.embeddings.position_embeddings[0].detach(), hf.decoder.decoder_pos_embed[0].detach()   # (1 + 16, width)
+    assert enc.abs().sum() > 0 and dec.abs().sum() > 0 and not enc[0].any() and not dec[0].any()
+    torch.testing.assert_close(enc, bench.mae_sincos(4, hf.config.hidden_size))
+    standalone = ViTMAEDecoder(hf.config, num_patches=16)                              # transformers' own builder, not zeroed
+    torch.testing.assert_close(standalone.decoder_pos_embed[0].detach(), bench.mae_sincos(4, hf.config.decoder_hidden_size))
+    torch.testing.assert_close(dec, standalone.decoder_pos_embed[0].detach())

@@ -106,8 +106,8 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_diverged_run_exits_1_with_the_message(tmp_path, capsys, monkeypatch):
-    good = train.train_step
-    monkeypatch.setattr(train, 'train_step', lambda *a: good(*a) * float('nan'))
+    good = train.pretrain_loss
+    monkeypatch.setattr(train, 'pretrain_loss', lambda net, batch: good(net, batch) * float('nan'))
     code, out, err = run(capsys, 'pretrain', *SMALL, '--epochs', 1, '--out', tmp_path, '--quiet')
     assert code == 1 and err.startswith("pmae: the loss became nan in epoch 1: training stopped; no checkpoint had been written yet"), err
 

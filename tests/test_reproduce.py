@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pmae_cli(*args, cwd=None):
     return subprocess.run([sys.executable, '-m', 'pmae.cli', *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, 'PMAE_DATA': ''}, timeout=900)
+                          env={**os.environ, 'PMAE_DATA': '', 'PMAE_COMPILE_BACKEND': 'aot_eager'}, timeout=900)
 
 
 @pytest.fixture(scope='module')
@@ -100,14 +100,33 @@ def test_committed_results_have_provenance():
 
 def test_cli_reproduce(tmp_path):
     p = pmae_cli('reproduce', 'cifar10', '--budget', 'smoke', '--jobs', 'pmae:0.2', '--data-root', tmp_path / 'none',
-                 '--runs', tmp_path / 'runs', '--results', tmp_path / 'results', '--quiet')
+                 '--runs', tmp_path / 'runs', '--results', tmp_path / 'results', '--quiet', '--device', 'cpu',
+                 '--compile', '--compile-mode', 'default', '--save-every', 1)
     assert p.returncode == 0, p.stderr
     assert 'PMAE r=0.2' in p.stdout and (tmp_path / 'results' / 'cifar10' / 'smoke' / 'pmae_0.2.json').exists()
+    config = json.loads((tmp_path / 'results' / 'cifar10' / 'smoke' / 'pmae_0.2.json').read_text())['pretrain']['config']
+    assert (config['compile'], config['compile_mode'], config['save_every'], config['device']) == (True, 'default', 1, 'cpu')
     for args, message in ((('cifar10', '--budget', 'paper', '--device', 'cpu'), "needs a GPU"),
                           (('cifar10', '--budget', 'cpu', '--data-root', tmp_path / 'none'), 'CIFAR-10 not found'),
                           (('mnist', '--budget', 'smoke'), "unknown data set 'mnist'"),
                           (('cifar10', '--jobs', 'pmae:lots'), "bad job 'pmae:lots'"),
-                          (('cifar10', '--budget', 'huge'), "invalid choice: 'huge'")):
+                          (('cifar10', '--budget', 'huge'), "invalid choice: 'huge'"),
+                          (('cifar10', '--compile-mode', 'fast'), "invalid choice: 'fast'")):
         p = pmae_cli('reproduce', *args, '--runs', tmp_path / 'runs', '--results', tmp_path / 'results')
         assert p.returncode == 2, (args, p.stdout, p.stderr)
         assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_stop_epoch_ends_the_schedule_early_and_says_so(tmp_path):
+    from dataclasses import replace
+    from pmae.reproduce import run_job
+    from pmae.train import read_checkpoint
+    budget = replace(BUDGETS['smoke'], epochs=3, probes=('fast',))                  # a 3-epoch schedule, ended at epoch 2
+    kw = dict(root=data_root('cifar10', 'smoke', tmp_path / 'none', tmp_path), runs=tmp_path / 'runs', results=tmp_path / 'results',
+              device='cpu', verbose=False, stop_epoch=2)
+    first = run_job('cifar10', Job('mae_std'), budget, **kw)
+    assert (first['epochs'], first['schedule_epochs'], first['provenance']['epochs']) == (2, 3, 2)
+    state = read_checkpoint(tmp_path / 'runs' / 'cifar10' / 'smoke' / 'mae_std' / 'checkpoint.pt')
+    assert (state['epoch'], state['batch'], state['config']['epochs']) == (2, 0, 3)
+    again = run_job('cifar10', Job('mae_std'), budget, **kw)                       # called again: not one step more
+    assert again['pretrain']['steps'] == first['pretrain']['steps'] == 2 * 256 // 64

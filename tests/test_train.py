@@ -1,6 +1,6 @@
 """Pre-training (chapter 05): resume = uninterrupted for every objective and pipeline, early stops, snapshots,
 the NaN stop, and DistributedDataParallel on 2 CPU processes (gloo) against one process."""
-import os, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,10 +22,10 @@ def assert_same_weights(a: dict, b: dict, atol: float = 0.0):
     for k in a: torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m: f"{k}: {m}")
 
 
-@pytest.mark.parametrize('method,pipeline', [('mae_std', 'memory'), ('mae_rd', 'memory'), ('pmae_rd', 'memory'),
-                                             ('pmae', 'loader')])
-def test_resume_mid_epoch_equals_uninterrupted(tmp_path, method, pipeline):
-    cfg = PretrainConfig(**SMALL, method=method, pipeline=pipeline, workers=0, out=str(tmp_path / 'whole'))
+@pytest.mark.parametrize('method,pipeline,draw_steps', [('mae_std', 'memory', 1), ('mae_rd', 'memory', 1), ('pmae_rd', 'memory', 1),
+                                                        ('pmae', 'loader', 1), ('mae_rd', 'memory', 3), ('pmae_rd', 'memory', 0)])
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path, method, pipeline, draw_steps):
+    cfg = PretrainConfig(**SMALL, method=method, pipeline=pipeline, workers=0, draw_steps=draw_steps, out=str(tmp_path / 'whole'))
     assert pretrain(cfg, verbose=False)['status'] == 'complete'
     cut = replace(cfg, out=str(tmp_path / 'cut'))
     stopped = pretrain(cut, stop_after=3, verbose=False)                     # 4 steps per epoch: stops inside epoch 1
@@ -54,8 +54,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     cfg = PretrainConfig(**SMALL, save_every=1, out=str(tmp_path / 'run'))
     pretrain(replace(cfg, epochs=2), stop_after=4, verbose=False)             # epoch 1, checkpointed
     before = train.sha256_file(cfg.run_dir / 'checkpoint.pt')
-    good = train.train_step
-    monkeypatch.setattr(train, 'train_step', lambda *a: good(*a) * float('inf'))
+    good = train.pretrain_loss
+    monkeypatch.setattr(train, 'pretrain_loss', lambda net, batch: good(net, batch) * float('inf'))
     with pytest.raises(TrainingDiverged, match=r"the loss became inf at epoch 2, step 5: training stopped; the last good checkpoint, .*"
                                                 r"checkpoint.pt \(epoch 1\), is untouched"):
         pretrain(cfg, verbose=False)
@@ -110,3 +110,48 @@ def test_sigterm_checkpoints_and_exits_130(tmp_path):
     assert 'interrupted after' in out and 'run the same command again to resume' in out
     state = read_checkpoint(run / 'checkpoint.pt')
     assert state['step'] >= 4 and state['step'] == read_metrics(run)[-1]['step'] + state['batch']
+
+
+def test_a_run_at_its_step_limit_takes_no_more_steps(tmp_path):
+    cfg = PretrainConfig(**SMALL, out=str(tmp_path / 'run'))
+    assert pretrain(cfg, stop_after=6, verbose=False)['step'] == 6
+    again = pretrain(cfg, stop_after=6, verbose=False)
+    assert (again['status'], again['step']) == ('stopped', 6)
+    assert read_checkpoint(cfg.run_dir / 'checkpoint.pt')['step'] == 6
+
+
+def test_one_torchrun_process_takes_the_distributed_path(tmp_path):
+    rc, out, err = cli(*TINY_ARGS, '--out', tmp_path / 'one', torchrun=1)
+    assert rc == 0, err[-2000:]
+    summary = json.loads((tmp_path / 'one' / 'pretrain.json').read_text())
+    assert (summary['backend'], summary['processes']) == ('gloo', 1)
+    pretrain(PretrainConfig(**SMALL, out=str(tmp_path / 'plain')), verbose=False)
+    assert_same_weights(weights(tmp_path / 'plain'), weights(tmp_path / 'one'), atol=1e-6)
+
+
+def test_background_and_foreground_checkpoints_are_the_same(tmp_path):
+    states = {}
+    for background in (True, False):
+        cfg = PretrainConfig(**SMALL, background_save=background, save_every=1, keep_every=1, out=str(tmp_path / str(background)))
+        pretrain(cfg, verbose=False)
+        states[background] = read_checkpoint(cfg.run_dir / 'checkpoint.pt'), read_checkpoint(cfg.run_dir / 'epoch_0001.pt')
+    for a, b in zip(states[True], states[False]):
+        assert_same_weights(a['model'], b['model'])
+        assert {k: a[k] for k in ('epoch', 'batch', 'step')} == {k: b[k] for k in ('epoch', 'batch', 'step')}
+
+
+def test_tensorboard_gets_the_scalars_and_can_never_stop_a_run(tmp_path, monkeypatch):
+    pytest.importorskip('tensorboard')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    cfg = PretrainConfig(**SMALL, out=str(tmp_path / 'logged'))
+    pretrain(cfg, verbose=False)
+    events = EventAccumulator(str(cfg.run_dir / 'tensorboard')); events.Reload()
+    assert {'loss', 'lr', 'images_per_s', 'epoch_s'} <= set(events.Tags()['scalars'])
+    assert [e.step for e in events.Scalars('loss')] == [m['step'] for m in read_metrics(cfg.run_dir)] == [4, 8]
+    import torch.utils.tensorboard as tb
+    class Broken:
+        def __init__(self, *a, **k): raise RuntimeError('no space left on device')
+    monkeypatch.setattr(tb, 'SummaryWriter', Broken)
+    with pytest.warns(UserWarning, match='TensorBoard logging is off: RuntimeError: no space left on device'):
+        s = pretrain(replace(cfg, out=str(tmp_path / 'broken')), verbose=False)
+    assert s['status'] == 'complete' and len(read_metrics(tmp_path / 'broken')) == 2
