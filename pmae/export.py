@@ -69,6 +69,7 @@ def write_export(model: MaskedAutoencoder, config: dict, folder) -> Path:
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=1))
     return folder
 
+# %% ../nbs/11_export.ipynb #f4a1c2e7
 class TimmEncoder(nn.Module):
     "An exported encoder: raw images standardised per pixel as in pre-training, then timm's ViT; [CLS] features (N, width)."
     def __init__(self, vit: VisionTransformer, mean: Tensor, std: Tensor, config: ViTConfig):
@@ -99,6 +100,7 @@ def read_export(folder) -> dict:
         raise ValueError(f"{folder / CONFIG_FILE} is not the config of a pmae export (no 'pmae' section of format {EXPORT_FORMAT!r})")
     return config
 
+# %% ../nbs/11_export.ipynb #9e3f6b12
 def load_timm(folder, device='cpu') -> TimmEncoder:
     "The exported encoder in `folder` as a module from raw images to [CLS] features, in eval mode; the positions stay fixed."
     folder, config = Path(folder), read_export(folder)
