@@ -1,4 +1,4 @@
-"""`pmae pca`, `pmae pretrain`, `pmae probe`, `pmae demo`, `pmae reproduce`: the chapters' functions behind one console script, driven by TOML configs.
+"""`pmae pca`, `pmae pretrain`, `pmae probe`, `pmae export`, `pmae demo`, `pmae reproduce`: the chapters' functions behind one console script, driven by TOML configs.
 
 Docs: https://github.com/pmae-dev/pmae/cli.html.md"""
 
@@ -22,8 +22,8 @@ from .learner import COMPILE_MODES
 
 # %% auto #0
 __all__ = ['DATA_KEYS', 'DESCRIPTION', 'read_toml', 'add_options', 'config_from', 'is_main_process', 'say', 'cmd_pca',
-           'cmd_pretrain', 'cmd_probe', 'cmd_demo', 'parse_job', 'cmd_reproduce', 'Parser', 'build_parser', 'main',
-           'cli']
+           'cmd_pretrain', 'cmd_probe', 'cmd_demo', 'parse_job', 'cmd_reproduce', 'cmd_export', 'Parser',
+           'build_parser', 'main', 'cli']
 
 # %% ../nbs/07_cli.ipynb #f12c2d89
 def read_toml(path) -> dict:
@@ -115,20 +115,30 @@ def cmd_reproduce(args) -> int:
                       f"  ({r['epochs']} epochs, {r['provenance']['wall_s'] / 60:.1f} min) -> {result_path(args.results, r['dataset'], r['budget'], Job(r['method'], r['ratio']))}")
     return 0
 
+# %% ../nbs/07_cli.ipynb #b3f9d4e6
+from .export import export_encoder
+
+def cmd_export(args) -> int:
+    "`pmae export`: the encoder of a pre-training checkpoint as a timm VisionTransformer (safetensors, pixel statistics, config.json) in a new folder."
+    s = export_encoder(args.checkpoint, args.out_dir)
+    say(f"exported the {s['method']} encoder of {args.checkpoint} (epoch {s['epoch']}) as a timm VisionTransformer -> {s['out_dir']} "
+        f"(features of {s['n_check']} random images equal the checkpoint's within {s['max_abs_diff']:.1e})")
+    return 0
+
 # %% ../nbs/07_cli.ipynb #d31e0de5
 class Parser(argparse.ArgumentParser):
     "An argument parser whose errors are one line (and exit code 2)."
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
-DESCRIPTION = """Principal Masked Autoencoders: fit PCA, pre-train MAE or PMAE, evaluate the encoder.
+DESCRIPTION = """Principal Masked Autoencoders: fit PCA, pre-train MAE or PMAE, evaluate the encoder, export it to timm.
 Every sub-command takes a TOML config file (--config; keys = the option names with '_') and
 command-line options, which override the file. Several GPUs: torchrun --nproc_per_node=N -m pmae.cli pretrain ..."""
 
 def build_parser() -> Parser:
     "The `pmae` command line."
     p = Parser(prog='pmae', description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    sub = p.add_subparsers(dest='command', required=True, metavar='{pca,pretrain,probe,demo,reproduce}')
+    sub = p.add_subparsers(dest='command', required=True, metavar='{pca,pretrain,probe,export,demo,reproduce}')
     s = sub.add_parser(allow_abbrev=False, name='pca', help='fit PCA on a data set and save the basis', description=cmd_pca.__doc__)
     s.add_argument('--config', help='TOML file (its data keys are used)')
     s.add_argument('--output', help='where to write the basis [default: runs/pca/<dataset>.pt]')
@@ -140,10 +150,14 @@ def build_parser() -> Parser:
     s.add_argument('--quiet', action='store_true', help='no progress bar')
     add_options(s, PretrainConfig); s.set_defaults(func=cmd_pretrain)
     s = sub.add_parser(allow_abbrev=False, name='probe', help='evaluate a pre-trained encoder', description=cmd_probe.__doc__)
-    s.add_argument('checkpoint', help="a pre-training checkpoint, e.g. runs/cifar10_pmae/checkpoint.pt")
+    s.add_argument('checkpoint', help="a pre-training checkpoint, e.g. runs/cifar10_pmae/checkpoint.pt, or a folder written by pmae export")
     s.add_argument('--config', help='TOML file of probe options')
     s.add_argument('--quiet', action='store_true', help='no progress bar')
     add_options(s, ProbeConfig); s.set_defaults(func=cmd_probe)
+    s = sub.add_parser(allow_abbrev=False, name='export', help='write the encoder as a timm VisionTransformer (safetensors)', description=cmd_export.__doc__)
+    s.add_argument('checkpoint', help='a pre-training checkpoint, e.g. runs/cifar10_pmae/checkpoint.pt')
+    s.add_argument('out_dir', help='the folder to create (it must not exist), e.g. exports/cifar10_pmae')
+    s.set_defaults(func=cmd_export)
     s = sub.add_parser(allow_abbrev=False, name='demo', help='the quickstart: PCA, MAE and PMAE pre-training and probes on small data', description=cmd_demo.__doc__)
     s.add_argument('--data', default='auto', help="data set for the demo: 'auto' (CIFAR-10 if present, else the embedded photos) or a name")
     s.add_argument('--data-root', default=None, help='where to look for data sets [default: $PMAE_DATA, else data]')
@@ -173,7 +187,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try: return args.func(args)
     except TrainingDiverged as e: print(f"pmae: {e}", file=sys.stderr); return 1
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         message = str(e).replace('pass download=True', 'pass --download') if isinstance(e, DataNotFoundError) else str(e)
         print(f"pmae: error: {message}", file=sys.stderr); return 2
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .data import Split
 from .pca import atomic_save, atomic_write
 from .mae import MaskedAutoencoder
+from .export import export_sha256, load_timm, read_export
 from .train import (Config, ConfigError, PretrainConfig, opt, augment, epoch_order, epoch_seed, autocast_dtype, load_encoder, load_training_data,
                         lr_factor, pick_device, read_checkpoint, sha256_file)
 
@@ -46,8 +47,9 @@ def images_sha256(images: Tensor) -> str:
     return h.hexdigest()
 
 def feature_cache_path(checkpoint, split: str) -> Path:
-    "Where the features of `split` computed by `checkpoint` are cached: a file beside it."
+    "Where the features of `split` computed by `checkpoint` are cached: a file beside it (in it, for an exported folder)."
     checkpoint = Path(checkpoint)
+    if checkpoint.is_dir(): return checkpoint / f"features_{split}.pt"
     return checkpoint.with_name(f"{checkpoint.stem}_features_{split}.pt")
 
 def cached_features(model: MaskedAutoencoder, images: Tensor, path, key: dict, **kw) -> Tensor:
@@ -261,8 +263,9 @@ def train_probe(model: MaskedAutoencoder, train: Split, test: Split, n_classes: 
 
 # %% ../nbs/06_probe.ipynb #2e5b933a
 def probe_json_path(checkpoint, kind: str) -> Path:
-    "Where `run_probe` writes its result: `probe_<kind>.json` beside the checkpoint (prefixed by its name unless `checkpoint.pt`)."
+    "Where `run_probe` writes its result: `probe_<kind>.json` beside the checkpoint (prefixed by its name unless `checkpoint.pt`), or in an exported folder."
     checkpoint = Path(checkpoint)
+    if checkpoint.is_dir(): return checkpoint / f"probe_{kind}.json"
     prefix = '' if checkpoint.stem == 'checkpoint' else f"{checkpoint.stem}_"
     return checkpoint.with_name(f"{prefix}probe_{kind}.json")
 
@@ -287,14 +290,15 @@ def probe_summary(result: dict) -> str:
             f"{probe_json_path(result['checkpoint'], result['kind'])}")
 
 def run_probe(checkpoint, cfg: ProbeConfig = ProbeConfig(), verbose: bool = True) -> dict:
-    "Probe the encoder of a pre-training checkpoint as `cfg` says; the result, also written to `probe_<kind>.json` beside it."
+    "Probe the encoder of a pre-training checkpoint, or of a folder written by `pmae export`, as `cfg` says; the result, also written to `probe_<kind>.json` beside it."
     t0, checkpoint, cfg = time.time(), Path(checkpoint), cfg.resolved()
-    state = read_checkpoint(checkpoint)
-    sha = sha256_file(checkpoint)
+    exported = checkpoint.is_dir()                                          # a timm export (chapter 11): its config.json has the run's keys
+    state = read_export(checkpoint)['pmae'] if exported else read_checkpoint(checkpoint)
+    sha = export_sha256(checkpoint) if exported else sha256_file(checkpoint)
     ds, pre = probe_data(state, cfg, str(checkpoint))
     device = pick_device(cfg.device)
     dtype = autocast_dtype(cfg.precision, device)
-    model = load_encoder(checkpoint, device)
+    model = load_timm(checkpoint, device) if exported else load_encoder(checkpoint, device)
     if cfg.kind == 'knn' and cfg.k_max > len(ds.train):
         raise ConfigError(f"k_max ({cfg.k_max}) is larger than the {len(ds.train)} training images")
 
@@ -323,6 +327,7 @@ def run_probe(checkpoint, cfg: ProbeConfig = ProbeConfig(), verbose: bool = True
                                      test_f, train_f, bar)
     result.update(dataset=ds.name, eval_split=ds.eval_split, n_train=n_train, n_test=len(ds.eval), n_classes=ds.n_classes,
                   checkpoint=str(checkpoint), checkpoint_sha256=sha, checkpoint_epoch=state['epoch'], method=pre.method,
+                  encoder='timm export' if exported else 'pre-training checkpoint', source_sha256=state['source_sha256'] if exported else sha,
                   config=asdict(cfg), device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
                   wall_s=round(time.time() - t0, 3))
     path = write_json(result, probe_json_path(checkpoint, cfg.kind))

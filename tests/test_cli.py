@@ -26,7 +26,7 @@ def test_console_script_and_every_option_has_help():
     exe = shutil.which('pmae', path=str(Path(sys.executable).parent))
     assert exe, "the pmae console script is not installed"
     r = subprocess.run([exe, '--help'], capture_output=True, text=True)
-    assert r.returncode == 0 and all(c in r.stdout for c in ('pca', 'pretrain', 'probe', 'demo'))
+    assert r.returncode == 0 and all(c in r.stdout for c in ('pca', 'pretrain', 'probe', 'export', 'demo'))
     sub = {a.dest: a for a in build_parser()._actions if a.dest == 'command'}['command'].choices
     for name, cls in (('pretrain', PretrainConfig), ('probe', ProbeConfig)):
         helps = {a.dest: a.help for a in sub[name]._actions}
@@ -65,6 +65,25 @@ def test_one_epoch_pretrain_and_probes_end_to_end(tmp_path, capsys, method):
         assert 0 <= result['accuracy'] <= 100 and result['method'] == method
 
 
+def test_export_then_probe_the_export(tmp_path, capsys):
+    code, out, err = run(capsys, 'pretrain', *SMALL, '--limit', 512, '--epochs', 1, '--warmup-epochs', 0, '--out', tmp_path / 'run', '--quiet')
+    assert code == 0, err
+    ckpt, folder = tmp_path / 'run' / 'checkpoint.pt', tmp_path / 'exports' / 'photos_pmae'
+    code, out, err = run(capsys, 'export', ckpt, folder)
+    assert code == 0, err
+    assert out.startswith(f"exported the pmae encoder of {ckpt} (epoch 1) as a timm VisionTransformer -> {folder} (features of 16 random images")
+    assert sorted(p.name for p in folder.iterdir()) == ['config.json', 'model.safetensors', 'pixel_stats.safetensors']
+    for target in (folder, ckpt):
+        code, out, err = run(capsys, 'probe', target, '--kind', 'fast', '--epochs', 5, '--quiet')
+        assert code == 0 and out.startswith(f"fast probe of {target}: "), err
+    from_export, from_ckpt = (json.loads((d / 'probe_fast.json').read_text()) for d in (folder, tmp_path / 'run'))
+    assert (from_export['encoder'], from_export['checkpoint'], from_export['method'], from_export['n_train']) == ('timm export', str(folder), 'pmae', 512)
+    assert from_export['source_sha256'] == from_ckpt['checkpoint_sha256'] == train.sha256_file(ckpt)
+    assert from_export['history'] == from_ckpt['history']                      # the same features, the same probe
+    code, out, err = run(capsys, 'export', ckpt, folder)
+    assert code == 2 and err == f"pmae: error: {folder} already exists: pmae export writes a new folder (remove it or choose another)\n"
+
+
 def test_pca_command_writes_a_basis_pretrain_can_use(tmp_path, capsys):
     code, out, err = run(capsys, 'pca', '--dataset', 'photos', '--image-size', 16, '--output', tmp_path / 'b.pt')
     assert code == 0 and 'PCA of photos' in out and (tmp_path / 'b.json').exists(), err
@@ -98,6 +117,11 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (('probe', tmp_path / 'nothing.pt', '--kind', 'knn'), f"no checkpoint at {tmp_path / 'nothing.pt'}"),
         (('probe', tmp_path / 'p32.pt', '--kind', 'knn'), "is not a pmae pre-training checkpoint"),
         (('probe', tmp_path / 'run' / 'checkpoint.pt', '--kind', 'svm'), "kind must be one of linear, mlp, knn, finetune, fast; got 'svm'"),
+        (('probe', tmp_path / 'run', '--kind', 'fast'), f"{tmp_path / 'run'} is a pre-training run, not an export: use {tmp_path / 'run' / 'checkpoint.pt'}"),
+        (('export', tmp_path / 'p32.pt', tmp_path / 'exp'), f"{tmp_path / 'p32.pt'} is not a pmae pre-training checkpoint"),
+        (('export', tmp_path / 'nothing.pt', tmp_path / 'exp'), f"no checkpoint at {tmp_path / 'nothing.pt'}"),
+        (('export', tmp_path / 'run' / 'checkpoint.pt', tmp_path / 'run'), f"{tmp_path / 'run'} already exists: pmae export writes a new folder"),
+        (('export', tmp_path / 'run' / 'checkpoint.pt'), "the following arguments are required: out_dir"),
         (('frobnicate',), "invalid choice: 'frobnicate'"),
     ]
     for args, message in cases:

@@ -89,7 +89,7 @@ def test_recipes():
 # --- run_probe end to end ---------------------------------------------------------------------------
 
 COMMON = {'kind', 'accuracy', 'dataset', 'eval_split', 'n_train', 'n_test', 'n_classes', 'checkpoint', 'checkpoint_sha256',
-          'checkpoint_epoch', 'method', 'config', 'device', 'wall_s'}
+          'checkpoint_epoch', 'method', 'encoder', 'source_sha256', 'config', 'device', 'wall_s'}
 TRAINED = {'best_acc', 'best_epoch', 'final_acc', 'history', 'batch_size', 'lr', 'steps'}
 
 
@@ -104,6 +104,7 @@ def test_run_probe_knn_and_feature_cache(ckpt):
     assert r['accuracy'] == max(s['acc'] for s in r['sweep'])
     assert read_result(ckpt, 'knn') == r
     assert (r['checkpoint_sha256'], r['checkpoint_epoch'], r['dataset']) == (sha256_file(ckpt), 1, 'photos')
+    assert (r['encoder'], r['source_sha256']) == ('pre-training checkpoint', sha256_file(ckpt))
     caches = [feature_cache_path(ckpt, s) for s in ('train', 'test')]
     stamps = [p.stat().st_mtime_ns for p in caches]
     again = run_probe(ckpt, ProbeConfig('knn'), verbose=False)                  # reads the cache, writes nothing
@@ -136,6 +137,12 @@ def test_run_probe_linear_one_epoch(ckpt):
 def test_json_name_for_other_checkpoint_names(tmp_path):
     assert probe_json_path(tmp_path / 'checkpoint.pt', 'knn') == tmp_path / 'probe_knn.json'
     assert probe_json_path(tmp_path / 'epoch_0100.pt', 'knn') == tmp_path / 'epoch_0100_probe_knn.json'
+
+
+def test_an_exported_folder_keeps_its_results_and_caches_inside(tmp_path):
+    assert probe_json_path(tmp_path, 'knn') == tmp_path / 'probe_knn.json'                  # tmp_path is a folder: an export
+    assert feature_cache_path(tmp_path, 'test') == tmp_path / 'features_test.pt'
+    assert feature_cache_path(tmp_path / 'checkpoint.pt', 'test') == tmp_path / 'checkpoint_features_test.pt'
 
 
 def test_missing_checkpoint(tmp_path):
