@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .data import Split
 from .pca import atomic_save, atomic_write
 from .mae import MaskedAutoencoder
+from .learner import Callback, Learner, ProgressCB
 from .export import export_sha256, load_timm, read_export
 from .train import (Config, ConfigError, PretrainConfig, opt, augment, epoch_order, epoch_seed, autocast_dtype, load_encoder, load_training_data,
                         lr_factor, pick_device, read_checkpoint, sha256_file)
@@ -25,8 +26,9 @@ from .train import (Config, ConfigError, PretrainConfig, opt, augment, epoch_ord
 # %% auto #0
 __all__ = ['KINDS', 'PRECISIONS', 'RECIPES', 'extract_features', 'images_sha256', 'feature_cache_path', 'cached_features',
            'knn_predict', 'accuracy', 'knn_sweep', 'ProbeConfig', 'make_head', 'param_groups', 'make_optimizer',
-           'fit_classifier', 'predict', 'fast_probe', 'EncoderClassifier', 'train_probe', 'probe_json_path',
-           'write_json', 'probe_data', 'probe_summary', 'run_probe']
+           'EvalCB', 'classifier_batches', 'cross_entropy', 'fit_classifier', 'predict', 'fast_probe',
+           'EncoderClassifier', 'train_probe', 'probe_json_path', 'write_json', 'probe_data', 'probe_summary',
+           'run_probe']
 
 # %% ../nbs/06_probe.ipynb #2b6c4b97
 def extract_features(model: MaskedAutoencoder, images: Tensor, batch_size: int = 1024, device=None, dtype=None,
@@ -168,37 +170,48 @@ def make_optimizer(groups: list[dict], kind: str, lr: float) -> torch.optim.Opti
     if kind in ('finetune', 'fast'): return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
     return torch.optim.SGD(groups, lr=lr, momentum=0.9)
 
-def fit_classifier(net: nn.Module, params: list[dict], x: Tensor, y: Tensor, evaluate, cfg: ProbeConfig,
-                   transform=None, dtype=None, bar=None) -> dict:
-    "Train `net` on (x, y) with `cfg`'s resolved recipe, evaluating after every epoch: best and final accuracy (%) and the history."
-    n, B = len(x), min(cfg.batch_size, len(x))
-    steps, lr = n // B, cfg.base_lr * B / 256
-    total, y = steps * cfg.epochs, y.to(x.device)
-    opt = make_optimizer(params, cfg.kind, lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup_epochs * steps))
-    scaler = torch.amp.GradScaler(x.device.type, enabled=dtype == torch.float16)
-    gen, history = torch.Generator(x.device), []
-    for epoch in range(cfg.epochs):
-        net.train()
-        order = epoch_order(n, cfg.seed, epoch).to(x.device)            # seeds per epoch, as in pre-training (chapter 05)
-        gen.manual_seed(epoch_seed(cfg.seed, epoch, 1))
-        loss_sum = torch.zeros((), device=x.device)
-        for b in range(steps):
-            idx = order[b * B:(b + 1) * B]
+class EvalCB(Callback):
+    "Train mode during each epoch, eval mode after it; the epoch's mean loss, test accuracy and learning rate in `learn.history`."
+    order = 15
+    def __init__(self, evaluate): self.evaluate = evaluate
+    def before_fit(self, learn): learn.history = []
+    def before_epoch(self, learn): learn.net.train()
+    def after_epoch(self, learn):
+        learn.net.eval()
+        learn.history.append({'epoch': learn.epoch, 'train_loss': learn.loss_sum.item() / learn.n_steps, 'test_acc': self.evaluate(),
+                              'lr': learn.opt.param_groups[0]['lr']})
+
+# %% ../nbs/06_probe.ipynb #e591e937
+def classifier_batches(x: Tensor, y: Tensor, batch_size: int, seed: int, transform=None):
+    "A `Learner`'s `batches(epoch, start)` over (x, y): a seeded order per epoch, `transform(xb, generator)` seeded the same way."
+    def batches(epoch: int, start: int):
+        order = epoch_order(len(x), seed, epoch).to(x.device)            # seeds per epoch, as in pre-training (chapter 05)
+        gen = torch.Generator(x.device).manual_seed(epoch_seed(seed, epoch, 1))
+        for b in range(len(x) // batch_size):                              # from batch 0: a later start replays the draws
+            idx = order[b * batch_size:(b + 1) * batch_size]
             xb = transform(x[idx], gen) if transform else x[idx]
-            with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = F.cross_entropy(net(xb).float(), y[idx])
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward(); scaler.step(opt); scaler.update(); sched.step()
-            loss_sum += loss.detach()
-            if bar is not None: bar.update()
-        net.eval()
-        history.append({'epoch': epoch + 1, 'train_loss': loss_sum.item() / steps, 'test_acc': evaluate(),
-                        'lr': opt.param_groups[0]['lr']})
-        if bar is not None: bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", acc=f"{history[-1]['test_acc']:.2f}")
-    best = max(history, key=lambda h: h['test_acc'])                           # the earliest among equals
+            if b >= start: yield xb, y[idx]
+    return batches
+
+def cross_entropy(net: nn.Module, batch) -> Tensor:
+    "The classification loss of one batch `(inputs, labels)` (logits in float32)."
+    return F.cross_entropy(net(batch[0]).float(), batch[1])
+
+# %% ../nbs/06_probe.ipynb #dda8df16
+def fit_classifier(net: nn.Module, params: list[dict], x: Tensor, y: Tensor, evaluate, cfg: ProbeConfig,
+                   transform=None, dtype=None, progress: bool = False) -> dict:
+    "Train `net` on (x, y) with `cfg`'s resolved recipe on the `Learner`, evaluating every epoch: best and final accuracy (%)."
+    B = min(cfg.batch_size, len(x))
+    steps, lr = len(x) // B, cfg.base_lr * B / 256
+    opt = make_optimizer(params, cfg.kind, lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps * cfg.epochs, cfg.warmup_epochs * steps))
+    cbs = [EvalCB(evaluate), ProgressCB(every=steps, desc=f"{cfg.kind} probe", enabled=progress)]
+    learn = Learner(net, classifier_batches(x, y.to(x.device), B, cfg.seed, transform), cross_entropy, opt, sched, cbs,
+                    dtype=dtype, steps_per_epoch=steps).fit(cfg.epochs)
+    best = max(learn.history, key=lambda h: h['test_acc'])                        # the earliest among equals
     return {'kind': cfg.kind, 'accuracy': best['test_acc'], 'best_acc': best['test_acc'], 'best_epoch': best['epoch'],
-            'final_acc': history[-1]['test_acc'], 'batch_size': B, 'lr': lr, 'steps': total, 'history': history}
+            'final_acc': learn.history[-1]['test_acc'], 'batch_size': B, 'lr': lr, 'steps': steps * cfg.epochs,
+            'history': learn.history}
 
 def predict(net: nn.Module, x: Tensor, batch_size: int = 1024, dtype=None) -> Tensor:
     "Predicted labels (N,) of `net` on inputs `x`, in batches, without a graph."
@@ -207,7 +220,7 @@ def predict(net: nn.Module, x: Tensor, batch_size: int = 1024, dtype=None) -> Te
 
 # %% ../nbs/06_probe.ipynb #c636206a
 def fast_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, n_classes: int,
-               cfg: ProbeConfig = ProbeConfig('fast'), bar=None) -> dict:
+               cfg: ProbeConfig = ProbeConfig('fast'), progress: bool = False) -> dict:
     "Linear probe on fixed features (N, d), standardised with the training statistics; `cfg`'s recipe (default: 'fast')."
     cfg = cfg.resolved()
     test_x = test_x.to(train_x.device)
@@ -216,7 +229,7 @@ def fast_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
     torch.manual_seed(cfg.seed)
     head = make_head('linear', train_x.shape[1], n_classes).to(train_x.device)
     evaluate = lambda: accuracy(predict(head, tx), test_y)
-    return fit_classifier(head, param_groups(head.named_parameters(), cfg.weight_decay), sx, train_y, evaluate, cfg, bar=bar)
+    return fit_classifier(head, param_groups(head.named_parameters(), cfg.weight_decay), sx, train_y, evaluate, cfg, progress=progress)
 
 # %% ../nbs/06_probe.ipynb #1b1e86c8
 class EncoderClassifier(nn.Module):
@@ -237,7 +250,7 @@ class EncoderClassifier(nn.Module):
         return self
 
 def train_probe(model: MaskedAutoencoder, train: Split, test: Split, n_classes: int, cfg: ProbeConfig,
-                test_features: Tensor | None = None, train_features: Tensor | None = None, bar=None) -> dict:
+                test_features: Tensor | None = None, train_features: Tensor | None = None, progress: bool = False) -> dict:
     "Linear or MLP probe, or fine-tuning, of `model` on labelled images with `cfg`'s recipe: best and final test accuracy (%)."
     cfg = cfg.resolved()
     if cfg.kind not in ('linear', 'mlp', 'finetune'): raise ValueError(f"train_probe trains linear, mlp or finetune probes, not {cfg.kind!r}")
@@ -256,10 +269,10 @@ def train_probe(model: MaskedAutoencoder, train: Split, test: Split, n_classes: 
         evaluate = lambda: accuracy(predict(head, test_features.to(device)), test.labels)
         if not cfg.augment:                                                        # fixed features: train the head on them
             if train_features is None: train_features = extract_features(model, train.images, cfg.feature_batch, dtype=dtype)
-            return fit_classifier(head, groups, train_features.to(device), train.labels, evaluate, cfg, dtype=dtype, bar=bar)
+            return fit_classifier(head, groups, train_features.to(device), train.labels, evaluate, cfg, dtype=dtype, progress=progress)
     images = train.images.to(device)                                                # (N, C, H, W) uint8, on the device once
     transform = (lambda x, gen: augment(x, generator=gen)) if cfg.augment else None
-    return fit_classifier(net, groups, images, train.labels, evaluate, cfg, transform, dtype, bar)
+    return fit_classifier(net, groups, images, train.labels, evaluate, cfg, transform, dtype, progress)
 
 # %% ../nbs/06_probe.ipynb #2e5b933a
 def probe_json_path(checkpoint, kind: str) -> Path:
@@ -317,14 +330,10 @@ def run_probe(checkpoint, cfg: ProbeConfig = ProbeConfig(), verbose: bool = True
             result = knn_sweep(train_f, ds.train.labels, test_f, ds.eval.labels.to(device), range(cfg.k_min, cfg.k_max + 1),
                                ds.n_classes, cfg.feature_batch)
             bar.update()
+    elif cfg.kind == 'fast':
+        result = fast_probe(train_f, ds.train.labels, test_f, ds.eval.labels.to(device), ds.n_classes, cfg, verbose)
     else:
-        B = min(cfg.batch_size, n_train)
-        with tqdm(total=cfg.epochs * (n_train // B), disable=not verbose, desc=f"{cfg.kind} probe", unit='step') as bar:
-            if cfg.kind == 'fast':
-                result = fast_probe(train_f, ds.train.labels, test_f, ds.eval.labels.to(device), ds.n_classes, cfg, bar)
-            else:
-                result = train_probe(model, ds.train, Split(ds.eval.images, ds.eval.labels.to(device)), ds.n_classes, cfg,
-                                     test_f, train_f, bar)
+        result = train_probe(model, ds.train, Split(ds.eval.images, ds.eval.labels.to(device)), ds.n_classes, cfg, test_f, train_f, verbose)
     result.update(dataset=ds.name, eval_split=ds.eval_split, n_train=n_train, n_test=len(ds.eval), n_classes=ds.n_classes,
                   checkpoint=str(checkpoint), checkpoint_sha256=sha, checkpoint_epoch=state['epoch'], method=pre.method,
                   encoder='timm export' if exported else 'pre-training checkpoint', source_sha256=state['source_sha256'] if exported else sha,
