@@ -7,13 +7,19 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install demo test sync-check nbtest pytest lab clean
 
-$(VENV)/.installed: pyproject.toml
+# The install is stamped with a checksum of what it is made from (pyproject.toml and the torch pins), not with their
+# modification time: rewriting pyproject.toml with the same content (nbdev-export did, before `update_pyproject = false`)
+# or a git checkout must not install everything again in the middle of `make test`; a changed dependency must.
+STAMP  := $(VENV)/.installed-$(shell { cat pyproject.toml; echo '$(TORCH)'; } | cksum | cut -d' ' -f1)
+
+$(STAMP):
+	rm -f $(VENV)/.installed*
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev,bench]"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(STAMP)
 
 ## The main job: PCA, MAE and PMAE (micro) and fast linear probes on CIFAR-10 in data/ if present, else the embedded photos
 demo: install

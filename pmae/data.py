@@ -24,11 +24,11 @@ from .pca import atomic_save, show_images
 __all__ = ['PHOTOS', 'IMAGE_SUFFIXES', 'CIFAR10_DIR', 'CIFAR10_BATCHES', 'TINY_DIR', 'TINY_URL', 'MEDMNIST', 'LOADERS',
            'EMBEDDED', 'CACHE_DIR', 'CACHE_VERSION', 'DataError', 'DataNotFoundError', 'Split', 'ImageDataset',
            'check_split', 'seeded_split', 'load_digits_data', 'grid_patches', 'load_photos_data', 'decode_image',
-           'decode_images', 'list_image_folder', 'find_eval_dir', 'load_folder_data', 'small_subset',
-           'write_image_folder', 'read_pickle', 'read_cifar_batches', 'load_cifar10_data', 'write_cifar10_pickles',
-           'Tree', 'open_tiny_imagenet', 'read_tiny_annotations', 'load_tinyimagenet_data', 'write_tinyimagenet',
-           'medmnist_file', 'medmnist_split', 'load_medmnist_data', 'write_medmnist_npz', 'source_paths', 'fingerprint',
-           'cache_state', 'read_cache', 'load_dataset', 'show_samples']
+           'decode_images', 'list_image_folder', 'find_eval_dir', 'eval_labels_by_name', 'load_folder_data',
+           'small_subset', 'write_image_folder', 'read_pickle', 'read_cifar_batches', 'load_cifar10_data',
+           'write_cifar10_pickles', 'Tree', 'open_tiny_imagenet', 'read_tiny_annotations', 'load_tinyimagenet_data',
+           'write_tinyimagenet', 'medmnist_file', 'medmnist_split', 'load_medmnist_data', 'write_medmnist_npz',
+           'source_paths', 'fingerprint', 'cache_state', 'read_cache', 'load_dataset', 'show_samples']
 
 # %% ../nbs/01_data.ipynb #bec6c35d
 class DataError(ValueError):
@@ -146,15 +146,16 @@ def decode_images(items, read, size=None, mode='RGB', desc='decoding') -> Tensor
 
 # %% ../nbs/01_data.ipynb #2f763c9f
 def list_image_folder(split_dir: Path) -> tuple[list, list[Path], list[int]]:
-    "Class names, image paths and labels of a `<class>/<image>` folder."
+    "Class names, image paths and labels of a `<class>/<image>` folder; hidden folders are skipped, empty ones refused."
     if not split_dir.is_dir(): raise DataNotFoundError(f"no folder {split_dir}")
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith('.'))
     if not classes: raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/<image>")
-    files, labels = [], []
-    for label, c in enumerate(classes):
-        imgs = sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        files += imgs; labels += [label] * len(imgs)
-    if not files: raise DataError(f"{split_dir} has class folders but no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    per_class = [sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for c in classes]
+    empty = [str(split_dir / c) for c, imgs in zip(classes, per_class) if not imgs]
+    if len(empty) == len(classes): raise DataError(f"{split_dir} has class folders but no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if empty: raise DataError(f"empty class folder{'s' * (len(empty) > 1)} {', '.join(empty[:5])}: add its images or remove it")
+    files = [f for imgs in per_class for f in imgs]
+    labels = [label for label, imgs in enumerate(per_class) for _ in imgs]
     return classes, files, labels
 
 def find_eval_dir(root: Path, names=('test', 'val')) -> Path:
@@ -163,16 +164,26 @@ def find_eval_dir(root: Path, names=('test', 'val')) -> Path:
         if (root / n).is_dir(): return root / n
     raise DataError(f"{root} has no evaluation folder: expected one of {', '.join(str(root / n) for n in names)}")
 
+# %% ../nbs/01_data.ipynb #d56dae33
+def eval_labels_by_name(train_dir: Path, classes: list, eval_dir: Path, eval_classes: list, eval_labels: list) -> list[int]:
+    "Evaluation labels as indices of the training classes of the same names; refuses a class training lacks, notes one evaluation lacks."
+    only_eval, only_train = sorted(set(eval_classes) - set(classes)), sorted(set(classes) - set(eval_classes))
+    if only_eval:
+        also = f"; only in {train_dir}: {', '.join(only_train[:5])}" if only_train else ''
+        raise DataError(f"{train_dir} and {eval_dir} have different classes (only in {eval_dir}: {', '.join(only_eval[:5])}{also}): "
+                        "every evaluation class needs training images")
+    if only_train: print(f"note: {eval_dir} has no images of {len(only_train)} of the {len(classes)} classes "
+                         f"({', '.join(only_train[:5])}); its labels follow the class names of {train_dir}")
+    return [classes.index(eval_classes[l]) for l in eval_labels]
+
 def load_folder_data(root, name: str = 'folder', **_) -> ImageDataset:
-    "An image-folder tree `root/train/<class>/*` plus `root/test/<class>/*` (or `val`)."
+    "An image-folder tree `root/train/<class>/*` plus `root/test/<class>/*` (or `val`), labelled by class name."
     root = Path(root)
     if not root.is_dir(): raise DataNotFoundError(f"no image folder at {root}: expected {root}/train/<class>/<image>")
     classes, files, labels = list_image_folder(root / 'train')
     eval_dir = find_eval_dir(root)
     eval_classes, eval_files, eval_labels = list_image_folder(eval_dir)
-    unknown = sorted(set(eval_classes) - set(classes))
-    if unknown: raise DataError(f"{eval_dir} has classes not in {root / 'train'}: {', '.join(unknown[:5])}")
-    eval_labels = [classes.index(eval_classes[l]) for l in eval_labels]
+    eval_labels = eval_labels_by_name(root / 'train', classes, eval_dir, eval_classes, eval_labels)
     train_x = decode_images(files, Path.read_bytes, desc=f'{name} train')
     eval_x = decode_images(eval_files, Path.read_bytes, size=tuple(train_x.shape[2:]), desc=f'{name} {eval_dir.name}')
     return ImageDataset(name, Split(train_x, torch.tensor(labels)), Split(eval_x, torch.tensor(eval_labels)),

@@ -164,6 +164,9 @@ class MaskedAutoencoder(nn.Module):
     def _pixel_buffer(self, t: Tensor, what: str) -> Tensor:
         if tuple(t.shape) != self.config.image_shape:
             raise ImageShapeError(f"per-pixel {what} has shape {tuple(t.shape)}, the model reads images of shape {self.config.image_shape}")
+        if what == 'std' and not bool((t > 0).all()):
+            raise ValueError(f"per-pixel std is 0 (or negative) at {int((t <= 0).sum())} pixels: standardise with "
+                             "pmae.pca.pixel_stats, which floors it (chapter 00)")
         return t.detach().float().clone()
 
     def normalize(self, images: Tensor) -> Tensor:

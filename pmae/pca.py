@@ -6,7 +6,7 @@ Docs: https://github.com/pmae-dev/pmae/pca.html.md"""
 
 # %% ../nbs/00_pca.ipynb #2d8c5bdf
 from __future__ import annotations
-import os, tempfile
+import os, tempfile, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +18,11 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['EXACT_CHUNK', 'CONSTANT_STD', 'PCA_FORMAT', 'PCA_FORMAT_VERSION', 'check_images', 'as_float', 'image_batches',
-           'PixelMoments', 'add_gram_', 'full_gram', 'pixel_stats', 'safe_std', 'standardized_covariance',
-           'eigh_descending', 'numerical_rank', 'fix_signs', 'ShapeMismatchError', 'PCABasis', 'fit_pca', 'fit_pca_few',
-           'variance_table', 'atomic_write', 'atomic_save', 'read_saved', 'show_images', 'show_eigen_images',
-           'plot_cumulative_variance', 'pca_demo']
+__all__ = ['EXACT_CHUNK', 'CONSTANT_STD', 'STD_FLOOR', 'PCA_FORMAT', 'PCA_FORMAT_VERSION', 'IMAGES_IN_USE', 'check_images',
+           'as_float', 'image_batches', 'PixelMoments', 'add_gram_', 'full_gram', 'typical_std', 'safe_std',
+           'pixel_stats', 'standardized_covariance', 'eigh_descending', 'numerical_rank', 'fix_signs',
+           'ShapeMismatchError', 'PCABasis', 'fit_pca', 'fit_pca_few', 'variance_table', 'atomic_write', 'atomic_save',
+           'why_unreadable', 'read_saved', 'show_images', 'show_eigen_images', 'plot_cumulative_variance', 'pca_demo']
 
 # %% ../nbs/00_pca.ipynb #08aebc3c
 def check_images(images) -> Tensor:
@@ -110,25 +110,34 @@ def full_gram(gram: Tensor) -> Tensor:
     full = gram.triu()
     return full.add_(full.triu(1).T)
 
+# %% ../nbs/00_pca.ipynb #0425a4bf
+CONSTANT_STD = 1e-6  # a pixel whose std (in [0, 1] units) is at most this never varies
+STD_FLOOR = 0.5      # every pixel's std is floored at this fraction of the typical pixel std
+
+def typical_std(std: Tensor) -> Tensor:
+    "Root-mean-square of the per-pixel `std` over the pixels that vary (0 if none does)."
+    varying = std[std > CONSTANT_STD]
+    return varying.square().mean().sqrt() if len(varying) else std.new_zeros(())
+
+def safe_std(std: Tensor) -> Tensor:
+    "The std to standardise by: the raw per-pixel `std` floored at `STD_FLOOR` × its typical value (all 1 if nothing varies)."
+    floor = STD_FLOOR * typical_std(std)
+    if floor <= CONSTANT_STD: return torch.ones_like(std)
+    return std.clamp_min(floor)
+
 # %% ../nbs/00_pca.ipynb #bd7229bf
 def pixel_stats(images, batch_size: int = 4096, device=None) -> tuple[Tensor, Tensor]:
-    "Per-pixel mean and std (population) of `images`, streamed in float64, each of shape (C, H, W)."
+    "Per-pixel mean and std to standardise by (`safe_std` of the population std), streamed in float64, each (C, H, W)."
     moments = None
     for batch in image_batches(images, batch_size):
         moments = moments or PixelMoments(batch.shape[1:], device, gram=False)
         moments.update(batch)
     if moments is None or moments.n == 0: raise ValueError("no images to compute statistics over")
-    return moments.mean.view(moments.shape), moments.std.view(moments.shape)
+    return moments.mean.view(moments.shape), safe_std(moments.std).view(moments.shape)
 
 # %% ../nbs/00_pca.ipynb #ef8438e5
-CONSTANT_STD = 1e-6  # a pixel whose std (in [0, 1] units) is below this never varies: keep it at z = 0
-
-def safe_std(std: Tensor) -> Tensor:
-    "`std` with never-varying pixels set to 1, so standardising leaves them at zero."
-    return torch.where(std > CONSTANT_STD, std, torch.ones_like(std))
-
 def standardized_covariance(moments: PixelMoments) -> Tensor:
-    "Covariance (D, D) of per-pixel standardised images, float64, with n − 1 in the denominator."
+    "Covariance (D, D) of per-pixel standardised images (std from `safe_std`), float64, with n − 1 in the denominator."
     n, std, shifted_mean = moments.n, moments.std, moments.sum / moments.n
     cov = full_gram(moments.gram).addr_(shifted_mean, shifted_mean, alpha=-n).div_(n - 1).mul_(moments.scale ** 2)
     s = safe_std(std)
@@ -163,7 +172,7 @@ class ShapeMismatchError(ValueError):
 class PCABasis:
     "Per-pixel standardisation plus the principal components of a set of images."
     mean: Tensor         # (C, H, W) per-pixel mean, [0, 1] units
-    std: Tensor          # (C, H, W) per-pixel std, 1 where the pixel never varies
+    std: Tensor          # (C, H, W) per-pixel std standardised by (`safe_std`: floored)
     components: Tensor   # (K, D) unit-norm rows, by decreasing variance
     eigenvalues: Tensor  # (K,) float64 variance along each component
     total_variance: float  # sum of all eigenvalues, also those dropped by truncation
@@ -210,10 +219,10 @@ def fit_pca(images, k: int | None = None, batch_size: int = 4096, device=None, s
 def _shape_str(shape) -> str: return str(tuple(int(s) for s in shape))
 
 @patch
-def check_shape(self: PCABasis, shape, what: str = 'the images'):
-    "Raise `ShapeMismatchError` naming both shapes unless `shape` is this basis's (C, H, W)."
+def check_shape(self: PCABasis, shape, what: str = 'the images', name: str = 'PCA basis'):
+    "Raise `ShapeMismatchError` naming the basis (`name`), the images (`what`) and both shapes unless `shape` is this basis's (C, H, W)."
     if tuple(int(s) for s in shape) != self.shape:
-        raise ShapeMismatchError(f"PCA basis was fit on {self.source or 'images'} of shape {_shape_str(self.shape)}, "
+        raise ShapeMismatchError(f"{name} was fit on {self.source or 'images'} of shape {_shape_str(self.shape)}, "
                                  f"but {what} have shape {_shape_str(shape)}")
 
 @patch
@@ -308,15 +317,27 @@ def atomic_save(obj, path) -> Path:
     "`torch.save` to `path` atomically (see `atomic_write`)."
     return atomic_write(path, lambda f: torch.save(obj, f))
 
+# %% ../nbs/00_pca.ipynb #0dc1ec30
+def why_unreadable(path: Path) -> str:
+    "Why a file that `torch.load` refused cannot be read, in plain words."
+    if path.stat().st_size == 0: return "the file is empty"
+    with open(path, 'rb') as f: zipped = f.read(4) == b'PK\x03\x04'          # torch.save writes a zip archive
+    if not zipped: return "it is not a file that pmae saved"
+    try:
+        with zipfile.ZipFile(path) as z: damaged = z.testzip() is not None  # its directory is at the end
+    except (zipfile.BadZipFile, OSError, EOFError): damaged = True
+    return "it is incomplete or damaged (cut off while it was written or copied?)" if damaged else "it holds objects pmae does not read"
+
 def read_saved(path, fmt: str, what: str, kind: str | None = None, device='cpu') -> dict:
     "The dict `atomic_save`d at `path` under format tag `fmt`, or a clear error naming `what` (and `kind`) it should be."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no {what} at {path}")
     try: state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e: raise ValueError(f"{path} is not a readable {what}: {e}") from None
+    except Exception: raise ValueError(f"{path} is not a readable {what}: {why_unreadable(path)}") from None
     if not isinstance(state, dict) or state.get('format') != fmt: raise ValueError(f"{path} is not a pmae {kind or what}")
     return state
 
+# %% ../nbs/00_pca.ipynb #8945fa9a
 @patch
 def save(self: PCABasis, path) -> Path:
     "Save the basis to one file."
@@ -324,14 +345,17 @@ def save(self: PCABasis, path) -> Path:
     state = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in state.items()}
     return atomic_save(dict(format=PCA_FORMAT, version=PCA_FORMAT_VERSION, shape=list(self.shape), **state), path)
 
+IMAGES_IN_USE = 'the images it is used with'   # how `load` names the images it checks the shape of, unless told
+
 @patch(cls_method=True)
-def load(cls: PCABasis, path, shape=None, device='cpu') -> PCABasis:
-    "Load a basis saved by `PCABasis.save`; with `shape`, insist it was fit on images of that (C, H, W)."
+def load(cls: PCABasis, path, shape=None, device='cpu', images: str = IMAGES_IN_USE) -> PCABasis:
+    "Load a basis saved by `PCABasis.save`; with `shape`, insist it was fit on images of that (C, H, W) (described by `images`)."
+    path = Path(path)
     state = read_saved(path, PCA_FORMAT, 'PCA file', device=device)
     if state['version'] > PCA_FORMAT_VERSION:
         raise ValueError(f"{path} has PCA format version {state['version']}; this pmae reads up to {PCA_FORMAT_VERSION}")
     basis = cls(**{k: state[k] for k in ('mean', 'std', 'components', 'eigenvalues', 'total_variance', 'n_samples', 'source')})
-    if shape is not None: basis.check_shape(shape, what=f"the images it is loaded for ({path.name})")
+    if shape is not None: basis.check_shape(shape, what=images, name=f"the PCA file {path}")
     return basis
 
 # %% ../nbs/00_pca.ipynb #cb48c38c

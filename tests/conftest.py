@@ -17,12 +17,19 @@ execution counts in the notebooks (which would make every re-run a diff):
   `nbdev-test` skips them;
 * notebooks with no checked cell are deselected: `nbdev-test` already runs them as tests, and
   running them a second time would check nothing.
+
+It also holds the fixtures several test files share: `bordered_digits`, a data set like many a
+user's (a constant black border, one pixel lit in only a handful of images), and the same data
+set written as a folder of PNG files.
 """
 import re
 import tomllib
 from pathlib import Path
 
 import pytest
+import torch.nn.functional as F
+
+from pmae.data import ImageDataset, Split, load_digits_data, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TST_FLAGS = set(tomllib.loads((ROOT / 'pyproject.toml').read_text())['tool']['nbdev']['tst_flags'].split())
@@ -45,3 +52,19 @@ def pytest_collection_modifyitems(config, items):
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [it for it in items if it not in deselected]
+
+
+@pytest.fixture(scope='session')
+def bordered_digits() -> ImageDataset:
+    "scikit-learn's digits padded with a black border to 16×16; border pixel (1, 1) is lit in 3 of the 1,438 training images."
+    digits = load_digits_data()
+    pad = lambda split: Split(F.pad(split.images, (4, 4, 4, 4)), split.labels)   # (N, 1, 16, 16) uint8
+    train, ev = pad(digits.train), pad(digits.eval)
+    train.images[:3, 0, 1, 1] = 255
+    return ImageDataset('bordered digits', train, ev, digits.classes, 'test', 'digits padded with a black border')
+
+
+@pytest.fixture(scope='session')
+def bordered_folder(tmp_path_factory, bordered_digits):
+    "`bordered_digits` written as `train/<class>/NNNN.png` and `test/<class>/NNNN.png`: a folder of grey PNG files."
+    return write_image_folder(bordered_digits, tmp_path_factory.mktemp('bordered_digits'))

@@ -97,11 +97,15 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / 'broken.toml').write_text('dataset = photos\n')
     assert run(capsys, 'pca', '--dataset', 'photos', '--output', tmp_path / 'p32.pt')[0] == 0
     assert run(capsys, 'pretrain', *SMALL, '--epochs', 1, '--out', tmp_path / 'run', '--quiet')[0] == 0
+    checkpoint = (tmp_path / 'run' / 'checkpoint.pt').read_bytes()
+    (tmp_path / 'half.pt').write_bytes(checkpoint[:len(checkpoint) // 2])                      # a copy cut off half-way
+    (tmp_path / 'cut').mkdir(); (tmp_path / 'cut' / 'checkpoint.pt').write_bytes(checkpoint[:1000])   # a run folder's, too
     cases = [
         (('pretrain', '--dataset', 'imagenet'), "dataset must be one of digits, photos, cifar10"),
         (('pretrain', '--dataset', 'cifar10', '--data-root', tmp_path / 'none'), "CIFAR-10 not found: expected"),
         (('pretrain', '--dataset', 'cifar10', '--data-root', tmp_path / 'none'), "pass --download to fetch it"),
-        (('pretrain', *SMALL, '--pca', tmp_path / 'p32.pt', '--out', tmp_path / 'o'), "(3, 32, 32)"),
+        (('pretrain', *SMALL, '--pca', tmp_path / 'p32.pt', '--out', tmp_path / 'o'),
+         f"the PCA file {tmp_path / 'p32.pt'} was fit on photos train (4778 images) of shape (3, 32, 32), but the photos training images have shape (3, 16, 16)"),
         (('pretrain', *SMALL, '--pca', tmp_path / 'missing.pt'), f"no PCA file at {tmp_path / 'missing.pt'}"),
         (('pretrain', '--ratio', 1.2), "ratio must be strictly between 0 and 1, got 1.2"),
         (('pretrain', '--ratio', -0.1), "ratio must be strictly between 0 and 1, got -0.1"),
@@ -116,6 +120,8 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (('pretrain', '--epochs', 'ten'), "argument --epochs: invalid int value: 'ten'"),
         (('probe', tmp_path / 'nothing.pt', '--kind', 'knn'), f"no checkpoint at {tmp_path / 'nothing.pt'}"),
         (('probe', tmp_path / 'p32.pt', '--kind', 'knn'), "is not a pmae pre-training checkpoint"),
+        (('probe', tmp_path / 'half.pt', '--kind', 'knn'), f"{tmp_path / 'half.pt'} is not a readable checkpoint: it is incomplete or damaged"),
+        (('pretrain', *SMALL, '--epochs', 1, '--out', tmp_path / 'cut'), f"{tmp_path / 'cut' / 'checkpoint.pt'} is not a readable checkpoint: it is incomplete"),
         (('probe', tmp_path / 'run' / 'checkpoint.pt', '--kind', 'svm'), "kind must be one of linear, mlp, knn, finetune, fast; got 'svm'"),
         (('probe', tmp_path / 'run', '--kind', 'fast'), f"{tmp_path / 'run'} is a pre-training run, not an export: use {tmp_path / 'run' / 'checkpoint.pt'}"),
         (('export', tmp_path / 'p32.pt', tmp_path / 'exp'), f"{tmp_path / 'p32.pt'} is not a pmae pre-training checkpoint"),
@@ -143,3 +149,26 @@ def test_demo_runs_offline_and_writes_its_table_figure_and_json(tmp_path, capsys
     result = json.loads((tmp_path / 'demo.json').read_text())
     assert [r['method'] for r in result['rows']] == ['mae_std', 'pmae', 'raw pixels'] and result['epochs'] == 1
     assert (tmp_path / 'quickstart.png').stat().st_size > 10_000
+
+
+def test_a_folder_of_grey_digits_with_a_black_border_end_to_end(tmp_path, capsys, bordered_folder):
+    "A user's image folder (grey PNG files, a constant border, one pixel lit in 3 images): pca, pretrain, probes."
+    data = ['--dataset', 'folder', '--data-root', bordered_folder, '--device', 'cpu']
+    code, out, err = run(capsys, 'pca', *data, '--output', tmp_path / 'pca.pt')
+    assert code == 0 and out.startswith("PCA of folder (1438 images of shape (3, 16, 16))"), err
+    accuracies = {}
+    for method in ('mae_std', 'pmae'):
+        pca = ['--pca', tmp_path / 'pca.pt'] if method == 'pmae' else []          # MAE: its own pixel statistics
+        code, out, err = run(capsys, 'pretrain', *data, '--method', method, '--model', 'micro', '--patch-size', 4, '--batch-size', 128,
+                             '--epochs', 1, '--warmup-epochs', 0, *pca, '--out', tmp_path / method, '--quiet')
+        assert code == 0 and out.startswith(f"pre-trained {method} on folder: 1/1 epochs"), err
+        loss = json.loads((tmp_path / method / 'pretrain.json').read_text())['final_epoch_loss']
+        assert 0 < loss < 20, loss                                                  # finite and of ordinary size
+        for kind in ('fast', 'knn'):
+            code, out, err = run(capsys, 'probe', tmp_path / method / 'checkpoint.pt', '--kind', kind, '--quiet')
+            assert code == 0, err
+            result = json.loads((tmp_path / method / f'probe_{kind}.json').read_text())
+            accuracies[method, kind] = result['accuracy']
+            assert (result['dataset'], result['n_train'], result['n_test'], result['n_classes']) == ('folder', 1438, 359, 10)
+            assert result['accuracy'] > 30, accuracies                              # chance is 10%
+    with capsys.disabled(): print(accuracies)

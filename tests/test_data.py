@@ -4,6 +4,8 @@ Fixtures are written in each data set's exact on-disk format into a temporary di
 `pmae.data`'s writers; nothing here touches the network or ../shared.
 """
 import pickle
+import re
+import shutil
 import zipfile
 
 import numpy as np
@@ -110,6 +112,47 @@ def test_folder_without_eval_split(tmp_path, photos32):
     (tmp_path / 'test').rename(tmp_path / 'holdout')
     with pytest.raises(DataError, match=r"has no evaluation folder: expected one of .*/test, .*/val"):
         load_dataset('folder', tmp_path)
+
+
+def test_folder_with_an_empty_class_folder(tmp_path, photos32):
+    write_image_folder(photos32, tmp_path)
+    (tmp_path / 'train' / 'zebra').mkdir()
+    with pytest.raises(DataError, match=rf"^empty class folder {re.escape(str(tmp_path / 'train' / 'zebra'))}: add its images or remove it$"):
+        load_dataset('folder', tmp_path, cache=False)
+    (tmp_path / 'train' / 'zebra').rmdir()
+    (tmp_path / 'test' / 'zebra').mkdir(); (tmp_path / 'test' / 'zebra' / 'notes.txt').write_text('no images here')
+    with pytest.raises(DataError, match=rf"^empty class folder {re.escape(str(tmp_path / 'test' / 'zebra'))}: "):
+        load_dataset('folder', tmp_path, cache=False)
+
+
+def test_folder_hidden_folders_are_not_classes(tmp_path, photos32):
+    write_image_folder(photos32, tmp_path)
+    for split in ('train', 'test'): (tmp_path / split / '.ipynb_checkpoints').mkdir()
+    ds = load_dataset('folder', tmp_path, cache=False)
+    assert ds.classes == sorted(photos32.classes)
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda root: (root / 'test' / 'rocket').rename(root / 'test' / 'rockets'), "only in {test}: rockets; only in {train}: chelsea, rocket"),   # the fixture has no test chelsea
+    (lambda root: shutil.copytree(root / 'test' / 'coffee', root / 'test' / 'tea'), "only in {test}: tea; only in {train}: chelsea"),
+])
+def test_folder_evaluation_class_without_training_images(tmp_path, photos32, change, message):
+    write_image_folder(photos32, tmp_path)
+    change(tmp_path)
+    expected = (f"{tmp_path / 'train'} and {tmp_path / 'test'} have different classes ("
+                + message.format(train=tmp_path / 'train', test=tmp_path / 'test') + "): every evaluation class needs training images")
+    with pytest.raises(DataError, match='^' + re.escape(expected) + '$'):
+        load_dataset('folder', tmp_path, cache=False)
+
+
+def test_folder_evaluation_without_a_class_is_labelled_by_name(tmp_path, capsys, photos32):
+    write_image_folder(photos32, tmp_path)
+    shutil.rmtree(tmp_path / 'test' / 'coffee')
+    ds = load_dataset('folder', tmp_path, cache=False)
+    assert f"note: {tmp_path / 'test'} has no images of 2 of the 6 classes (chelsea, coffee)" in capsys.readouterr().out
+    assert ds.classes == sorted(photos32.classes)
+    names = [photos32.classes[l] for l in photos32.eval.labels.tolist() if photos32.classes[l] != 'coffee']
+    assert [ds.classes[l] for l in ds.eval.labels.tolist()] == sorted(names)     # every label means the same class as in training
 
 
 def test_folder_mixed_sizes(tmp_path, photos32, photos64):

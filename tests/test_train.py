@@ -155,3 +155,19 @@ def test_tensorboard_gets_the_scalars_and_can_never_stop_a_run(tmp_path, monkeyp
     with pytest.warns(UserWarning, match='TensorBoard logging is off: RuntimeError: no space left on device'):
         s = pretrain(replace(cfg, out=str(tmp_path / 'broken')), verbose=False)
     assert s['status'] == 'complete' and len(read_metrics(tmp_path / 'broken')) == 2
+
+@pytest.mark.parametrize('method, ordinary', [('mae_std', 1.5), ('pmae', 20.0)])
+def test_a_constant_border_and_a_rarely_lit_pixel_train_with_ordinary_losses(tmp_path, bordered_folder, method, ordinary):
+    # With the raw per-pixel std this data set gave MAE `nan` at the first step and PMAE losses of 2,800-4,200 (issue 14);
+    # with the floor MAE's norm-pix loss stays near 1 (an unit-variance target) and PMAE's near 10.
+    cfg = PretrainConfig(dataset='folder', data_root=str(bordered_folder), model='micro', patch_size=4, epochs=3, batch_size=128,
+                         warmup_epochs=0, method=method, device='cpu', out=str(tmp_path / method))
+    assert pretrain(cfg, verbose=False)['status'] == 'complete'
+    losses = [m['loss'] for m in read_metrics(cfg.run_dir)]
+    print(method, losses)
+    assert len(losses) == 3 and all(0 < l < ordinary for l in losses), losses
+    model = load_encoder(cfg.run_dir / 'checkpoint.pt')
+    floor = float(model.std.min())                                                # never-varying pixels sit at the floor
+    batch = train.augment(train.load_training_data(cfg).train.images[:256], generator=torch.Generator().manual_seed(0))
+    z = model.normalize(batch)                                                    # what the encoder reads, (256, 3, 16, 16)
+    assert torch.isfinite(z).all() and z.abs().max() <= 1 / floor + 1e-4 and 1 / floor < 8
