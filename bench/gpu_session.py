@@ -133,8 +133,9 @@ def stage_concurrency(s: Session) -> dict:
     "Both fast paths at once, in two processes: the total throughput against one at a time."
     settings = speed_args(s, s.info('suite').get('compile_ok', False))
     settings[settings.index('--steps') + 1] = '4' if s.args.rehearsal else '60'                 # long enough to overlap
+    barrier = s.out / 'concurrency_barrier'; shutil.rmtree(barrier, ignore_errors=True)       # both time their steps at once
     procs = {m: subprocess.Popen([sys.executable, 'bench/pretrain_speed.py', *settings, '--methods', m, '--paths', 'fast',
-                                  '--sizes', '32', '--json', s.out / f'concurrent_{m}.json'], cwd=ROOT,
+                                  '--sizes', '32', '--json', s.out / f'concurrent_{m}.json', '--sync-dir', barrier], cwd=ROOT,
                                  stdout=open(s.out / f'concurrent_{m}.log', 'w'), stderr=subprocess.STDOUT) for m in ('mae_std', 'pmae')}
     for p in procs.values(): p.wait(timeout=600)
     solo, both = s.info('throughput')['fast_images_per_s'], {m: fast_speeds(s.out / f'concurrent_{m}.json').get(m) for m in procs}
@@ -145,9 +146,10 @@ def stage_concurrency(s: Session) -> dict:
 
 # ---------------------------------------------------------------- stages 5-7: the paper's CIFAR-10 runs
 def session_budget(s: Session):
-    "The recipe the jobs run: the paper's (linear probe and kNN; compiled if the suite's compile tests passed), or a tiny rehearsal."
+    "The jobs' recipe: the paper's (linear probe and kNN; compiled if the suite's compile tests passed), or a tiny rehearsal's."
+    # the rehearsal takes ten times the base learning rate: its few steps then move the two encoders apart
     if s.args.rehearsal:
-        return replace(BUDGETS['smoke'], epochs=4, warmup_epochs=1, limit=0, probes=('linear', 'knn'), probe_epochs=2)
+        return replace(BUDGETS['smoke'], epochs=4, warmup_epochs=1, limit=0, base_lr=1.5e-3, probes=('linear', 'knn'), probe_epochs=2)
     return replace(BUDGETS['paper'], probes=('linear', 'knn'), compile=s.info('suite').get('compile_ok', False))
 
 def stage_plan(s: Session) -> dict:

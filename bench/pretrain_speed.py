@@ -261,12 +261,23 @@ def profile_steps(runner: Runner, batches: Iterator[Tensor], n: int, out: Path, 
           + f"\n{prof.key_averages().table(sort_by=sort, row_limit=15)}", flush=True)
     return dict(trace=str(trace), host_syncs_per_step=syncs)
 
+def wait_for_peers(folder: Path, count: int, timeout: float = 900):
+    "A barrier between processes through files: announce this one is ready, then wait until `count` are."
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"ready_{os.getpid()}").touch()
+    deadline = time.time() + timeout
+    while len(list(folder.glob('ready_*'))) < count:
+        if time.time() > deadline: raise TimeoutError(f"only {len(list(folder.glob('ready_*')))} of {count} processes reached {folder}")
+        time.sleep(0.05)
+
 def measure(runner: Runner, args, device: torch.device, profile_as: str | None = None) -> dict:
     "Count one step's FLOPs, run the warm-up, time the steady-state steps, then profile some more under the name `profile_as`."
     batches = runner.batches
     flops = count_flops(runner.loss, next(batches), runner.module)
     for _ in range(args.warmup): runner.step(next(batches))
-    synchronize(device); t0 = time.perf_counter()
+    synchronize(device)
+    if args.sync_dir: wait_for_peers(Path(args.sync_dir), args.sync_count)    # time the steps together with the other processes
+    t0 = time.perf_counter()
     for _ in range(args.steps): runner.step(next(batches))            # no host sync in here: the device runs ahead
     synchronize(device)
     seconds = (time.perf_counter() - t0) / args.steps
@@ -360,6 +371,8 @@ def parse_args():
     p.add_argument('--profile', metavar='DIR', help='also profile the fast path: Chrome traces in DIR, top-15 ops printed')
     p.add_argument('--profile-steps', type=int, default=5)
     p.add_argument('--json', metavar='OUT', help='write the results and their provenance to this JSON file')
+    p.add_argument('--sync-dir', metavar='DIR', help='start the timed steps only when --sync-count processes are ready (files in DIR)')
+    p.add_argument('--sync-count', type=int, default=2, help='how many processes --sync-dir waits for')
     args = p.parse_args()
     args.data = {int(k): v for k, v in (item.split('=', 1) for item in args.data)}
     return args

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .data import DataNotFoundError
-from .pca import IMAGES_IN_USE, ShapeMismatchError, fit_pca
+from .pca import fit_pca
 from .train import ConfigError, PretrainConfig, TrainingDiverged, load_training_data, pick_device, pretrain
 from .probe import ProbeConfig, probe_summary, run_probe, write_json
 from .quickstart import quickstart
@@ -76,8 +76,6 @@ def cmd_pretrain(args) -> int:
     "`pmae pretrain`: pre-train MAE or PMAE (resuming the run folder's checkpoint when there is one)."
     cfg = config_from(PretrainConfig, args)
     try: s = pretrain(cfg, stop_after=args.stop_after, time_limit=args.time_limit, verbose=not args.quiet)
-    except ShapeMismatchError as e:   # a --pca file fit on other images: name the data set it was given for
-        raise ShapeMismatchError(str(e).replace(IMAGES_IN_USE, f"the {cfg.dataset} training images")) from None
     finally:
         if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
     done = f"{s['epochs_done']}/{cfg.epochs} epochs ({s['step']}/{s['steps_total']} steps)"

@@ -215,7 +215,7 @@ def prepare_basis(cfg: PretrainConfig, images: Tensor, run_dir: Path, device=Non
         mean, std = pixel_stats(images, device=device)
         return None, '', (mean.float().cpu(), std.float().cpu())
     path = Path(cfg.pca) if cfg.pca else run_dir / 'pca.pt'
-    if path.is_file(): basis = PCABasis.load(path, shape=shape)
+    if path.is_file(): basis = PCABasis.load(path, shape=shape, images=f"the {cfg.dataset} training images")
     elif cfg.pca: raise FileNotFoundError(f"no PCA file at {path}")
     else:
         basis = fit_pca(images, device=device, source=f"{cfg.dataset} train ({len(images)} images)")

@@ -171,4 +171,3 @@ def test_a_folder_of_grey_digits_with_a_black_border_end_to_end(tmp_path, capsys
             accuracies[method, kind] = result['accuracy']
             assert (result['dataset'], result['n_train'], result['n_test'], result['n_classes']) == ('folder', 1438, 359, 10)
             assert result['accuracy'] > 30, accuracies                              # chance is 10%
-    with capsys.disabled(): print(accuracies)
