@@ -31,9 +31,11 @@ sys.path.insert(0, str(ROOT))
 import torch
 
 from pmae.learner import read_metrics
-from pmae.reproduce import BUDGETS, Job, data_root, device_name, git_commit, result_path, run_job, write_commit_file
+from pmae.reproduce import BUDGETS, Job, data_root, result_path, run_job
+from pmae.core import device_name, git_commit, write_commit_file
 from pmae.results import PAPER_CURVE, paper_value
-from pmae.train import PretrainConfig, load_training_data, pick_device, save_encoder
+from pmae.train import PretrainConfig, load_training_data, save_encoder
+from pmae.core import pick_device
 
 STAGES = ('record', 'suite', 'throughput', 'concurrency', 'plan', 'jobs', 'encoders', 'summary')
 JOBS = (Job('mae_std'), Job('pmae', 0.1))          # MAE_std and PMAE_ocl on CIFAR-10

@@ -13,7 +13,7 @@ For each image size (`--sizes`, default 32 and 64) and method (MAE_std: 75% of t
 PMAE: 20% of the variance hidden) it times, in steady state (`--warmup` untimed steps, compilation
 included, then `--steps` timed ones, synchronised on CUDA), full optimiser steps of three paths:
 
-- `fast`: pmae's own training step (chapter 05's `pretrain_learner`: the step `pmae pretrain` runs),
+- `fast`: pmae's own training step (chapter 08's `pretrain_learner`: the step `pmae pretrain` runs),
   uint8 images resident on the device with batched on-device crops and flips, bf16 autocast on
   CUDA (fp32 on CPU), `torch.compile` (unless `--no-compile`; `--compile-mode reduce-overhead` for
   CUDA graphs), fused AdamW on CUDA, optionally TF32 (`--tf32`) and the crops and masks of several
@@ -54,10 +54,11 @@ from pmae.data import load_photos_data
 from pmae.mae import CONFIGS, ViTConfig
 from pmae.masking import MASKINGS
 from pmae.pca import PCABasis, fit_pca, pixel_stats
-from pmae.reproduce import device_name, git_commit
+from pmae.core import device_name, git_commit
 from pmae.learner import COMPILE_MODES, Processes, synchronize
-from pmae.train import (AugmentedImages, PretrainConfig, build_model, float32_matmul, load_training_data, model_config, pick_device,
-                        pretrain_batches, pretrain_learner, pretrain_loss)
+from pmae.train import PretrainConfig, build_model, float32_matmul, load_training_data, model_config, pretrain_batches, pretrain_learner, pretrain_loss
+from pmae.augment import AugmentedImages
+from pmae.core import pick_device
 
 METHODS, PATHS = ('mae_std', 'pmae'), ('fast', 'loader', 'reference')
 GPU_PEAKS = ((r'H100 PCIe', 756), (r'H100.*(SXM|HBM3)', 989), (r'H200(?! NVL)', 989), (r'A100', 312), (r'\bL4\b', 121),
@@ -129,7 +130,7 @@ class Runner(NamedTuple):
     setup: str
 
 def pmae_runner(path: str, method: str, data: SizeData, args, device: torch.device) -> Runner:
-    "pmae's own training step (chapter 05's `pretrain_learner`), fed by device-resident batches (`fast`) or a DataLoader (`loader`)."
+    "pmae's own training step (chapter 08's `pretrain_learner`), fed by device-resident batches (`fast`) or a DataLoader (`loader`)."
     fast = path == 'fast'
     cfg = PretrainConfig(dataset=data.name, model=args.model, method=method, batch_size=args.batch, device=str(device),
                          pipeline='memory' if fast else 'loader', workers=args.workers, compile=fast and args.compile,

@@ -8,7 +8,7 @@ For each model and method (MAE_std, PMAE at r = 0.2) it times, in steady state (
 steps, synchronised on CUDA), full optimiser steps of `pmae.train` fed by
 (a) `memory`: uint8 images on the device, crops and flips for the whole batch in one call, and
 (b) `loader`: a torchvision DataLoader with per-image transforms in `--workers` processes,
-each through the `Learner` that `pmae pretrain` builds (chapter 05's `pretrain_learner`),
+each through the `Learner` that `pmae pretrain` builds (chapter 08's `pretrain_learner`),
 and, for scale, the pipelines alone (augmentation, no model). With `--epoch` it also runs one full
 epoch of `pmae.train.pretrain` per method and reports its wall time. Prints a table; asserts nothing.
 """
@@ -19,8 +19,8 @@ from itertools import count
 import torch
 
 from pmae.learner import Processes, read_metrics
-from pmae.train import (PretrainConfig, build_model, load_training_data, model_config, pick_device, prepare_basis, pretrain,
-                        pretrain_batches, pretrain_learner)
+from pmae.train import PretrainConfig, build_model, load_training_data, model_config, prepare_basis, pretrain, pretrain_batches, pretrain_learner
+from pmae.core import pick_device
 
 
 def timed(batches, n, warmup, sync, step=None):

@@ -1,4 +1,4 @@
-"""The `pmae` command (chapter 07): help, the shipped configs, end-to-end runs of both objectives, every bad input's message."""
+"""The `pmae` command (chapter 11): help, the shipped configs, end-to-end runs of both objectives, every bad input's message."""
 import json, shutil, subprocess, sys, tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import pmae.train as train
+from pmae.core import sha256_file
 from pmae.cli import build_parser, main
 from pmae.probe import ProbeConfig
 from pmae.train import PretrainConfig
@@ -78,7 +79,7 @@ def test_export_then_probe_the_export(tmp_path, capsys):
         assert code == 0 and out.startswith(f"fast probe of {target}: "), err
     from_export, from_ckpt = (json.loads((d / 'probe_fast.json').read_text()) for d in (folder, tmp_path / 'run'))
     assert (from_export['encoder'], from_export['checkpoint'], from_export['method'], from_export['n_train']) == ('timm export', str(folder), 'pmae', 512)
-    assert from_export['source_sha256'] == from_ckpt['checkpoint_sha256'] == train.sha256_file(ckpt)
+    assert from_export['source_sha256'] == from_ckpt['checkpoint_sha256'] == sha256_file(ckpt)
     assert from_export['history'] == from_ckpt['history']                      # the same features, the same probe
     code, out, err = run(capsys, 'export', ckpt, folder)
     assert code == 2 and err == f"pmae: error: {folder} already exists: pmae export writes a new folder (remove it or choose another)\n"
@@ -89,7 +90,7 @@ def test_pca_command_writes_a_basis_pretrain_can_use(tmp_path, capsys):
     assert code == 0 and 'PCA of photos' in out and (tmp_path / 'b.json').exists(), err
     code, out, err = run(capsys, 'pretrain', *SMALL, '--epochs', 1, '--pca', tmp_path / 'b.pt', '--out', tmp_path / 'r', '--quiet')
     assert code == 0, err
-    assert train.read_checkpoint(tmp_path / 'r' / 'checkpoint.pt')['pca_sha256'] == train.sha256_file(tmp_path / 'b.pt')
+    assert train.read_checkpoint(tmp_path / 'r' / 'checkpoint.pt')['pca_sha256'] == sha256_file(tmp_path / 'b.pt')
 
 
 def test_every_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

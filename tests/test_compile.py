@@ -2,7 +2,7 @@
 compiles nothing more after its first step (torch._dynamo's counters over 20 steps of `pretrain`, two epochs).
 
 The counters come from dynamo, which is the same whatever backend lowers the graph, so most cases use the debugging
-backend `aot_eager` (`PMAE_COMPILE_BACKEND`, chapter 05a) to stay fast; `mae_rd`, whose number of visible patches changes
+backend `aot_eager` (`PMAE_COMPILE_BACKEND`, chapter 04) to stay fast; `mae_rd`, whose number of visible patches changes
 from batch to batch, also runs under the real inductor backend, the one a GPU run uses."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Export to timm (chapter 11): the exported model's features equal `encode` for `micro` and `vit_tiny`, MAE and PMAE;
+"""Export to timm (chapter 10): the exported model's features equal `encode` for `micro` and `vit_tiny`, MAE and PMAE;
 timm alone loads it; every bad input gets one line.
 
 The checkpoints are real pre-training runs of seconds on the embedded photos: `micro` at 16 x 16 (256 images, one
@@ -18,9 +18,10 @@ import pmae.export as export
 from pmae.export import (CONFIG_FILE, EXPORT_FILES, STATS_FILE, WEIGHTS_FILE, export_encoder, export_sha256, load_timm,
                          max_feature_diff, read_export, timm_args, timm_state_dict)
 from pmae.mae import CONFIGS, MaskedAutoencoder, ViTConfig
-from pmae.pca import atomic_save
+from pmae.core import atomic_save
 from pmae.probe import ProbeConfig, run_probe
-from pmae.train import PretrainConfig, load_encoder, load_training_data, pretrain, read_checkpoint, sha256_file
+from pmae.train import PretrainConfig, load_encoder, load_training_data, pretrain, read_checkpoint
+from pmae.core import sha256_file
 
 RUNS = {'micro': dict(image_size=16, patch_size=4, batch_size=128, limit=256), 'vit_tiny': dict(batch_size=8, limit=8)}
 KEYS = [(model, method) for model in RUNS for method in ('mae_std', 'pmae')]

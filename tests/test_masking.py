@@ -1,4 +1,4 @@
-"""Masking (chapter 02): every strategy's edge cases, coverage, determinism and the exact error for each bad input."""
+"""Masking (chapter 03): every strategy's edge cases, coverage, determinism and the exact error for each bad input."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Models (chapters 03-04): shapes of every configuration, parameter counts, the PMAE invariants, errors, determinism."""
+"""Models (chapters 05-06): shapes of every configuration, parameter counts, the PMAE invariants, errors, determinism."""
 import pytest
 import torch
 

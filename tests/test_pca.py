@@ -8,7 +8,7 @@ import pmae.pca as pca
 from pmae.data import load_digits_data
 from pmae.pca import (CONSTANT_STD, STD_FLOOR, PCABasis, PixelMoments, ShapeMismatchError, fit_pca, pixel_stats, safe_std,
                       typical_std)
-from pmae.train import augment
+from pmae.augment import augment
 
 
 @pytest.fixture(scope='module')

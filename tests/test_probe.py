@@ -1,4 +1,4 @@
-"""Probes (chapter 06): kNN against scikit-learn, configuration errors, and `run_probe` end to end.
+"""Probes (chapter 09): kNN against scikit-learn, configuration errors, and `run_probe` end to end.
 
 Everything runs on a `micro` PMAE pre-trained for one epoch on the embedded photo patches at
 16 × 16 pixels (about 3 s on a CPU), written to a temporary folder.
@@ -10,7 +10,8 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 from pmae.probe import (ProbeConfig, feature_cache_path, knn_predict, knn_sweep, probe_json_path, run_probe)
-from pmae.train import ConfigError, PretrainConfig, pretrain, sha256_file
+from pmae.train import PretrainConfig, pretrain
+from pmae.core import ConfigError, sha256_file
 
 
 @pytest.fixture(scope='module')

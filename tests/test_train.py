@@ -1,4 +1,4 @@
-"""Pre-training (chapter 05): resume = uninterrupted for every objective and pipeline, early stops, snapshots,
+"""Pre-training (chapter 08): resume = uninterrupted for every objective and pipeline, early stops, snapshots,
 the NaN stop, and DistributedDataParallel on 2 CPU processes (gloo) against one process."""
 import json, os, signal, subprocess, sys, time
 from dataclasses import replace
@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import pmae.train as train
+from pmae.augment import augment
+from pmae.core import sha256_file
 from pmae.train import PretrainConfig, TrainingDiverged, load_encoder, pretrain, read_checkpoint, read_metrics
 
 SMALL = dict(dataset='photos', model='micro', epochs=2, batch_size=32, limit=128, warmup_epochs=1, log_every=1, device='cpu')
@@ -53,13 +55,13 @@ def test_time_limit_stops_resumably_and_snapshots_are_kept(tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = PretrainConfig(**SMALL, save_every=1, out=str(tmp_path / 'run'))
     pretrain(replace(cfg, epochs=2), stop_after=4, verbose=False)             # epoch 1, checkpointed
-    before = train.sha256_file(cfg.run_dir / 'checkpoint.pt')
+    before = sha256_file(cfg.run_dir / 'checkpoint.pt')
     good = train.pretrain_loss
     monkeypatch.setattr(train, 'pretrain_loss', lambda net, batch: good(net, batch) * float('inf'))
     with pytest.raises(TrainingDiverged, match=r"the loss became inf at epoch 2, step 5: training stopped; the last good checkpoint, .*"
                                                 r"checkpoint.pt \(epoch 1\), is untouched"):
         pretrain(cfg, verbose=False)
-    assert train.sha256_file(cfg.run_dir / 'checkpoint.pt') == before
+    assert sha256_file(cfg.run_dir / 'checkpoint.pt') == before
 
 
 def test_bf16_autocast_and_gradient_clipping_train(tmp_path):
@@ -168,6 +170,6 @@ def test_a_constant_border_and_a_rarely_lit_pixel_train_with_ordinary_losses(tmp
     assert len(losses) == 3 and all(0 < l < ordinary for l in losses), losses
     model = load_encoder(cfg.run_dir / 'checkpoint.pt')
     floor = float(model.std.min())                                                # never-varying pixels sit at the floor
-    batch = train.augment(train.load_training_data(cfg).train.images[:256], generator=torch.Generator().manual_seed(0))
+    batch = augment(train.load_training_data(cfg).train.images[:256], generator=torch.Generator().manual_seed(0))
     z = model.normalize(batch)                                                    # what the encoder reads, (256, 3, 16, 16)
     assert torch.isfinite(z).all() and z.abs().max() <= 1 / floor + 1e-4 and 1 / floor < 8
