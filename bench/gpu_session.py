@@ -1,28 +1,39 @@
-"""One command turns a lent GPU window into numbers, and survives being killed.
+"""One prepared command turns a lent GPU's 9.5-minute call into numbers, and brings back what it has even when cut short.
 
-    python bench/gpu_session.py prepare                     # here, before the window: records the commit in PMAE_COMMIT
-    python bench/gpu_session.py start --minutes 25 --out /tmp/session --data-root gpudata   # on the GPU machine: detached
-    python bench/gpu_session.py status --out /tmp/session   # poll: stages done, the log's tail, the runs' progress
-    python bench/gpu_session.py pack --out /tmp/session --to "$OUT"   # the small files (and the bf16 encoders) to bring back
-    python bench/gpu_session.py run --rehearsal --minutes 2 --out /tmp/rehearsal   # the same on a CPU: micro model, stand-in data
+    python bench/gpu_session.py prepare                  # here, before the window: PMAE_COMMIT, and checks of what travels
+    python bench/gpu_session.py window --minutes 9.5 --data-root gpudata --out /tmp/pmae-session --to "$OUT"   # call 1
+    python bench/gpu_session.py finish --minutes 2 --out /tmp/pmae-session --to "$OUT"        # call 2, at once (optional)
+    python bench/gpu_session.py window --rehearsal --minutes 3 --out /tmp/r --to /tmp/r-back   # the same on a CPU, in minutes
 
-`start` runs `run` in a new session (`setsid`), so it goes on after the calling shell returns. `run` goes through
-the stages below; each is recorded in OUT/stages.json when it is done, so running the command again (after a kill,
-or with a larger budget) skips the finished stages and resumes the pre-training from its checkpoints.
+README.md ("A lent GPU") gives the exact `run` calls. `window` goes through the stages below within --minutes, each
+recorded in OUT/stages.json when done: run again on the same folder, it skips what is done and resumes the pre-training
+from its checkpoints. `finish` does what is left after the plan (jobs, encoders, the rest of the suite) in its own
+minutes: it takes runs that were stopped on towards the planned epoch as far as its time allows and probes them, and
+exits with code 2 and a message when the folder holds no plan (the machine was given back between the calls). After every stage, and every 20 s while one runs, --to is
+brought up to date: session.tar.gz (every small file: logs, JSON, metrics), summary.md (one page of all so far) and each
+encoder in bf16: four files, no folders. On SIGTERM a command stops its processes (the jobs checkpoint), brings --to up
+to date and exits with code 3; a failed stage is recorded and the next ones go on (exit code 1).
 
-1. record       the device, driver, torch and CUDA versions and the commit (git, or $PMAE_COMMIT / a PMAE_COMMIT file)
-2. suite        the GPU test suite, tests/test_gpu.py (its pass/fail counts; compilation is used later only if its tests pass)
-3. throughput   bench/pretrain_speed.py: the compiled bf16 fast path, the DataLoader path and the Hugging Face reference
-4. concurrency  the fast paths of MAE_std and PMAE run side by side: is the total throughput higher than one at a time?
-5. plan         how many epochs of the CIFAR-10 paper recipe fit in what is left of the budget, after the probes' share
-6. jobs         MAE_std (75% of patches) and PMAE_ocl (10% of the variance) pre-trained on the 800-epoch schedule, ended at
-                the planned epoch, then the paper's linear probe (best and final epoch) and kNN; results JSON with provenance
-7. encoders     each encoder in bf16 (about 11 MB for ViT-T) so that the probes can be re-run elsewhere (`pmae probe FILE`)
-8. summary      summary.md: one page with everything above
+1. record       the device, driver, nvidia-smi, torch and CUDA versions and the commit (git, $PMAE_COMMIT or PMAE_COMMIT)
+2. data         CIFAR-10 decoded once, into the caches the later processes read (a stand-in data set in a rehearsal)
+3. suite        the fast part of tests/test_gpu.py: all but the compilation, CUDA-graph, `pmae reproduce` and torchrun tests
+4. throughput   bench/pretrain_speed.py at 32 px on those images, both methods: the compiled bf16 fast path (one process), then
+                the DataLoader path and the Hugging Face ViTMAE fp32 reference (another); the jobs compile only if the first ran
+5. concurrency  both fast paths side by side: the images/s of each, and how long a process takes to reach its first step
+6. plan         how many epochs of the paper's 800-epoch CIFAR-10 schedule fit, with the jobs' start and probes reserved
+7. jobs         MAE_std (75% of patches) and PMAE_ocl (10% of the variance), with the reference code's semantics, side by
+                side if that was faster, each ended at the planned epoch (a time guard stops it earlier if need be), then
+                the paper's linear probe (best and final epoch) and kNN: results JSON with provenance
+8. encoders     each encoder in bf16 (about 11 MB for ViT-T), to re-run the probes elsewhere (`pmae probe FILE`)
+9. suite_rest   the rest of tests/test_gpu.py, if time is left
 """
-import argparse, datetime, json, math, os, platform, shutil, subprocess, sys, tarfile, time
-import xml.etree.ElementTree as ET
-from dataclasses import replace
+import time
+STARTED = time.time()                                # the command's clock starts before its imports
+
+import argparse, datetime, io, json, math, os, platform, re, signal, shutil, subprocess, sys, tarfile, traceback
+from collections import Counter
+from dataclasses import dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,290 +41,483 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
+from pmae.data import load_dataset
+from pmae.core import atomic_write, device_name, git_commit, write_commit_file, write_json
 from pmae.learner import read_metrics
-from pmae.reproduce import BUDGETS, Job, data_root, result_path, run_job
-from pmae.core import device_name, git_commit, write_commit_file
+from pmae.reproduce import BUDGETS, Job, RunStopped, data_copy, data_root, probe_passes, result_path, run_job
 from pmae.results import PAPER_CURVE, paper_value
 from pmae.train import PretrainConfig, load_training_data, save_encoder
-from pmae.core import pick_device
 
-STAGES = ('record', 'suite', 'throughput', 'concurrency', 'plan', 'jobs', 'encoders', 'summary')
-JOBS = (Job('mae_std'), Job('pmae', 0.1))          # MAE_std and PMAE_ocl on CIFAR-10
-STARTUP_S = {True: 5, False: 150}                   # per job, before its first epoch: data, PCA, compilation (rehearsal, GPU)
-OVERHEAD_S = {True: 5, False: 60}                   # per job, besides the probes' passes: kNN, evaluations, snapshots' probes
+STAGES = ('record', 'data', 'suite', 'throughput', 'concurrency', 'plan', 'jobs', 'encoders', 'suite_rest')
+FINISH = STAGES[STAGES.index('jobs'):]              # what `finish` does: everything after the plan
+JOBS = (Job('mae_std'), Job('pmae', 0.1))           # MAE_std and PMAE_ocl on CIFAR-10, the reference code's semantics
+METHODS = ('mae_std', 'pmae')                       # bench/pretrain_speed.py's methods
+SLOW_TESTS = ('compiled_step', 'cuda_graphs', 'reproduce_smoke', 'torchrun')   # tests/test_gpu.py's slow tests, by name
+EAGER = 2                                           # a probe's eager forward pass against the compiled step, per image
+LOG_TAIL = 512 * 1024                               # the bytes of each log that go into the archive (its end)
+SKIP = {'stand-ins', 'tensorboard', 'concurrency_barrier', 'encoders'}   # folders of the session that are not packed
+
+
+@dataclass(frozen=True)
+class Timing:
+    "The seconds a session gives its parts."
+    suite: float           # the fast part of the suite, at most
+    fast_paths: float      # the throughput of the compiled fast paths, at most
+    eager_paths: float     # the throughput of the DataLoader and reference paths, at most
+    concurrency: float     # the side-by-side measurement, at most
+    startup: float         # a job's process before its first step, when the concurrency stage did not measure it
+    probe_overhead: float  # a job's time besides its probes' passes: data, features, kNN, the snapshots' fast probes
+    margin: float          # at the end: the encoders, the summary and the last pack
+    pack_every: float      # between packs while a stage runs
+    rest_min: float        # the rest of the suite runs only with this much time left
+
+TIMING = {False: Timing(suite=60, fast_paths=100, eager_paths=45, concurrency=60, startup=60, probe_overhead=30, margin=25,
+                        pack_every=20, rest_min=60),
+          True: Timing(suite=90, fast_paths=90, eager_paths=90, concurrency=90, startup=20, probe_overhead=10, margin=10,
+                       pack_every=2, rest_min=20)}
+
+
+def session_budget(rehearsal: bool, compile: bool):
+    "The jobs' recipe: the paper's (linear probe and kNN), or a rehearsal's tiny one (ten times the learning rate, to move its encoders)."
+    if rehearsal:
+        return replace(BUDGETS['smoke'], epochs=4, warmup_epochs=1, limit=0, base_lr=1.5e-3, probes=('linear', 'knn'), probe_epochs=2)
+    return replace(BUDGETS['paper'], probes=('linear', 'knn'), compile=compile)
+
+def now() -> str:
+    "The local time, to the second."
+    return datetime.datetime.now().astimezone().isoformat(timespec='seconds')
 
 
 # ---------------------------------------------------------------- the session's bookkeeping
+class Interrupted(BaseException):
+    "SIGTERM or SIGINT: the command is asked to stop."
+
+class Skipped(Exception):
+    "A stage that this command has no time for (a later one may run it)."
+
+def interrupt(signum, frame):
+    "The signal handler of `window` and `finish`: stop cleanly."
+    raise Interrupted(signal.Signals(signum).name)
+
 class Session:
-    "The output folder, the arguments, the clock, and which stages are done (OUT/stages.json)."
+    "The session folder, this command's arguments and clock, and which stages are done (OUT/stages.json)."
     def __init__(self, args):
-        self.args, self.out, self.t0 = args, Path(args.out), time.time()
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.args, self.out, self.t0, self.packed = args, Path(args.out), STARTED, 0.0
         self.path = self.out / 'stages.json'
         self.stages = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.rehearsal = self.info('record').get('rehearsal', getattr(args, 'rehearsal', False))
+        self.timing, self.device = TIMING[self.rehearsal], 'cpu' if self.rehearsal else 'cuda'
 
     def left(self) -> float: return self.args.minutes * 60 - (time.time() - self.t0)
     def info(self, stage: str) -> dict: return self.stages.get(stage, {}).get('info', {})
-    def save(self): self.path.write_text(json.dumps(self.stages, indent=1))
+    def status(self, stage: str) -> str: return self.stages.get(stage, {}).get('status', 'not run')
 
-    def run(self, stage: str, fn):
-        "Run `fn(self)` unless the stage is done already; record its outcome."
-        if self.stages.get(stage, {}).get('status') == 'done':
-            return say(f"[{stage}] done already ({self.stages[stage]['finished']})")
-        say(f"[{stage}] starting, {self.left() / 60:.1f} min left")
-        self.stages[stage] = dict(status='running', started=now()); self.save()
-        try: info = fn(self) or {}
+    def need(self, stage: str) -> dict:
+        "The info of `stage` if it is done, else an error that says it is not."
+        if self.status(stage) != 'done': raise RuntimeError(f"this needs the {stage} stage, which is {self.status(stage)}")
+        return self.info(stage)
+
+    def say(self, line: str):
+        "Print `line` and add it to OUT/session.log."
+        print(line, flush=True)
+        with open(self.out / 'session.log', 'a') as f: f.write(line + '\n')
+
+    def end(self, stage: str, status: str, info: dict, t0: float):
+        "Record how `stage`, begun at time `t0`, ended."
+        self.stages[stage].update(status=status, finished=now(), seconds=round(time.time() - t0, 1), info=info)
+        write_json(self.stages, self.path)
+
+    def run(self, stage: str, fn) -> bool:
+        "Run `fn(self)` unless `stage` is done; record how it ended and pack; False when it failed."
+        if self.status(stage) == 'done': self.say(f"[{stage}] done already"); return True
+        self.say(f"[{stage}] starting, {self.left() / 60:.1f} min left")
+        self.stages[stage], t0 = dict(status='running', started=now()), time.time()
+        write_json(self.stages, self.path)
+        try: status, info = 'done', fn(self) or {}
+        except Skipped as e: status, info = 'skipped', dict(reason=str(e))
+        except Interrupted: self.end(stage, 'interrupted', {}, t0); raise
         except Exception as e:
-            self.stages[stage].update(status='failed', finished=now(), error=f"{type(e).__name__}: {e}"); self.save()
-            raise
-        self.stages[stage].update(status='done', finished=now(), info=info); self.save()
-        say(f"[{stage}] done: {json.dumps(info)[:300]}")
+            status, info = 'failed', dict(error=f"{type(e).__name__}: {e}")
+            self.say(traceback.format_exc().rstrip())
+        self.end(stage, status, info, t0)
+        self.say(f"[{stage}] {status}: {json.dumps(info)[:300]}")
+        self.pack()
+        return status in ('done', 'skipped')
+
+    def spawn(self, cmd: list, log: Path) -> subprocess.Popen:
+        "Start `cmd` from the repository root, its output appended to `log`."
+        env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))}
+        with open(log, 'a') as f:
+            return subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+    def wait(self, procs: dict, limit: float) -> dict:
+        "Wait at most `limit` s for `procs`, packing as they run; stop those still running (SIGTERM, then SIGKILL); their exit codes."
+        end = time.time() + limit
+        try:
+            while any(p.poll() is None for p in procs.values()) and time.time() < end:
+                time.sleep(0.2)
+                if time.time() - self.packed > self.timing.pack_every: self.pack()
+        finally: stop(procs.values(), grace=5 if self.rehearsal else 15)
+        return {k: p.returncode for k, p in procs.items()}
+
+    def call(self, cmd: list, log: Path, limit: float) -> int | None:
+        "Run `cmd` for at most `limit` s: its exit code, None when it was stopped at the limit."
+        p = self.spawn(cmd, log)
+        code = self.wait({'cmd': p}, limit)['cmd']
+        return None if code in (-signal.SIGTERM, -signal.SIGKILL) else code
+
+    def pack(self):
+        "Bring --to up to date: summary.md, session.tar.gz (the small files, each log's end) and the encoders; no folders."
+        self.packed, to = time.time(), Path(self.args.to)
+        try:
+            write_summary(self)
+            atomic_write(to / 'session.tar.gz', lambda f: write_archive(f, self.out))
+            for src in [self.out / 'summary.md', *sorted((self.out / 'encoders').glob('*.pt'))]: copy_if_changed(src, to / src.name)
+        except Exception as e: self.say(f"could not pack into {to}: {type(e).__name__}: {e}")   # the next pack tries again
+
+def stop(procs, grace: float):
+    "SIGTERM each running process (the jobs checkpoint on it), then SIGKILL what is left after `grace` s."
+    running = [p for p in procs if p.poll() is None]
+    for p in running: p.terminate()
+    for p in running:
+        try: p.wait(timeout=grace)
+        except subprocess.TimeoutExpired: p.kill(); p.wait()
+
+def small_files(out: Path) -> list[Path]:
+    "The session's files that come back: all but weights (.pt), half-written files, stand-in data and TensorBoard logs."
+    return sorted(p for p in out.rglob('*') if p.is_file() and p.suffix not in ('.pt', '.tmp') and not SKIP & set(p.relative_to(out).parts))
+
+def write_archive(f, out: Path):
+    "A gzipped tar of `small_files(out)` into the open file `f`; each log cut to its last LOG_TAIL bytes."
+    with tarfile.open(fileobj=f, mode='w:gz') as tar:
+        for p in small_files(out):
+            try: data, mtime = p.read_bytes(), p.stat().st_mtime
+            except FileNotFoundError: continue                        # replaced while we looked
+            data = data[-LOG_TAIL:] if p.suffix == '.log' else data
+            info = tarfile.TarInfo(str(p.relative_to(out))); info.size, info.mtime = len(data), int(mtime)
+            tar.addfile(info, io.BytesIO(data))
+
+def copy_if_changed(src: Path, dst: Path):
+    "Copy `src` to `dst` atomically unless `dst` has its size and time already."
+    stamp = lambda p: (p.stat().st_size, p.stat().st_mtime_ns)
+    if not src.exists() or (dst.exists() and stamp(dst) == stamp(src)): return
+    atomic_write(dst, lambda f: f.write(src.read_bytes()))
+    os.utime(dst, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns))
 
 
-def now() -> str: return datetime.datetime.now().astimezone().isoformat(timespec='seconds')
-
-def say(line: str): print(line, flush=True)
-
-def run_logged(cmd: list, log: Path, timeout: float, **kw) -> int:
-    "Run `cmd` from the repository root with its output going to `log`; its exit code (124 when it ran out of time)."
-    with open(log, 'w') as f:
-        try: return subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=max(timeout, 1), **kw).returncode
-        except subprocess.TimeoutExpired: return 124
-
-
-# ---------------------------------------------------------------- stages 1-4: what the machine is and how fast it trains
-def gpu_driver() -> str:
-    "The NVIDIA driver version as nvidia-smi reports it, or why there is none."
-    try: r = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'], capture_output=True, text=True, timeout=30)
+# ---------------------------------------------------------------- stages 1-3: the machine, the data, the suite
+def smi(*args: str) -> str:
+    "nvidia-smi's output, or why there is none."
+    try: r = subprocess.run(['nvidia-smi', *args], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e: return f"n/a ({type(e).__name__})"
     return r.stdout.strip() or f"n/a (nvidia-smi exit {r.returncode})"
 
+def package_version(name: str) -> str | None:
+    "The installed version of a package (None when it is not installed)."
+    try: return version(name)
+    except PackageNotFoundError: return None
+
 def stage_record(s: Session) -> dict:
-    device = pick_device('auto')
-    info = dict(device=device_name(device), driver=gpu_driver(), torch=torch.__version__, cuda=torch.version.cuda,
-                commit=git_commit(ROOT), python=platform.python_version(), host=platform.node(), started=now(),
-                minutes=s.args.minutes, rehearsal=s.args.rehearsal)
-    (s.out / 'session.json').write_text(json.dumps(info, indent=1))
+    "What the machine is: device, driver, nvidia-smi (in nvidia-smi.txt), versions, commit (also in session.json)."
+    (s.out / 'nvidia-smi.txt').write_text(smi() + '\n')
+    info = dict(device=device_name(torch.device(s.device)), driver=smi('--query-gpu=driver_version', '--format=csv,noheader'),
+                torch=torch.__version__, cuda=torch.version.cuda, commit=git_commit(ROOT), python=platform.python_version(),
+                packages={p: package_version(p) for p in ('timm', 'transformers', 'fastcore')}, host=platform.node(),
+                cpus=os.cpu_count(), started=now(), minutes=s.args.minutes, rehearsal=s.rehearsal)
+    write_json(info, s.out / 'session.json')
     return info
 
+def stage_data(s: Session) -> dict:
+    "Where CIFAR-10 is read from, which copy it is and its size; decoded once into the caches the later processes read."
+    t0, b = time.time(), session_budget(s.rehearsal, False)
+    root = data_root('cifar10', b, Path(s.args.data_root).resolve(), s.out / 'stand-ins')
+    load_dataset('cifar10', root, size=32)                             # the cache of bench/pretrain_speed.py's --data 32=cifar10
+    ds = load_training_data(PretrainConfig(dataset='cifar10', data_root=str(root), limit=b.limit))   # the jobs' cache
+    return dict(root=str(root), n_train=len(ds.train), n_eval=len(ds.eval), copy=data_copy(ds, root), seconds=round(time.time() - t0, 1))
+
+def run_suite(s: Session, name: str, keyword: str, limit: float) -> dict:
+    "The tests of tests/test_gpu.py that `keyword` selects, for at most `limit` s: each one's outcome, also when cut short."
+    log = s.out / f'{name}.log'
+    code = s.call([sys.executable, '-m', 'pytest', 'tests/test_gpu.py', '-v', '-p', 'no:cacheprovider', '-k', keyword], log, limit)
+    outcome = dict(re.findall(r'^tests/test_gpu\.py::(\S+) (PASSED|FAILED|ERROR|SKIPPED)', log.read_text(errors='replace'), re.M))
+    n = Counter(outcome.values())
+    return dict(returncode=code, cut_short=code is None, passed=n['PASSED'], skipped=n['SKIPPED'],
+                failed=sorted(t for t, o in outcome.items() if o in ('FAILED', 'ERROR')))
+
 def stage_suite(s: Session) -> dict:
-    xml = s.out / 'gpu_suite.xml'
-    code = run_logged([sys.executable, '-m', 'pytest', 'tests/test_gpu.py', '-ra', '-q', '-p', 'no:cacheprovider', f'--junitxml={xml}'],
-                      s.out / 'gpu_suite.log', 600)
-    counts = {'tests': 0, 'failures': 0, 'errors': 0, 'skipped': 0}
-    failed = []
-    if xml.exists():
-        suite = ET.parse(xml).getroot()
-        suite = suite if suite.tag == 'testsuite' else suite.find('testsuite')
-        counts = {k: int(suite.get(k, 0)) for k in counts}
-        failed = [c.get('name') for c in suite.iter('testcase') if c.find('failure') is not None or c.find('error') is not None]
-    passed = counts['tests'] - counts['failures'] - counts['errors'] - counts['skipped']
-    compiled_ok = passed > 0 and not any(n.startswith(('test_compiled_step', 'test_cuda_graphs')) for n in failed)
-    return dict(returncode=code, passed=passed, failed=failed, skipped=counts['skipped'], compile_ok=compiled_ok)
+    "The fast part of the GPU suite: every test but the slow ones."
+    return run_suite(s, 'suite', f"not ({' or '.join(SLOW_TESTS)})", s.timing.suite)
 
-def speed_args(s: Session, compile_ok: bool) -> list:
-    "bench/pretrain_speed.py's settings: ViT-T at batch 512 on the GPU; a tiny model and a few steps in a rehearsal."
-    if s.args.rehearsal: return ['--device', 'cpu', '--model', 'micro', '--sizes', '32', '--batch', '16', '--steps', '2', '--warmup', '1',
-                                 '--no-compile', '--limit', '256', '--workers', '0']
-    return ['--device', 'cuda', '--sizes', '32', '64', '--batch', '512', '--steps', '20', '--warmup', '5', '--workers', '8'] + \
-           ([] if compile_ok else ['--no-compile'])
+def stage_suite_rest(s: Session) -> dict:
+    "The slow tests of the GPU suite, in the time left before the end's margin (skipped when too little is left)."
+    limit = s.left() - s.timing.margin
+    if limit < s.timing.rest_min: raise Skipped(f"{max(limit, 0):.0f} s left; the rest of the suite needs {s.timing.rest_min:.0f}")
+    return run_suite(s, 'suite_rest', ' or '.join(SLOW_TESTS), limit)
 
-def fast_speeds(path: Path, size: int = 32) -> dict:
-    "Images/s of the fast path at `size` by method, from a pretrain_speed JSON."
-    rows = json.loads(path.read_text())['rows'] if path.exists() else []
-    return {r['method']: r['images_per_s'] for r in rows if r['size'] == size and r['path'] == 'fast' and 'images_per_s' in r}
+
+# ---------------------------------------------------------------- stages 4-6: how fast it trains, and the plan
+def speed_cmd(s: Session, *methods: str) -> list:
+    "bench/pretrain_speed.py at 32 px on the session's images for `methods`: ViT-T at batch 512; the micro model on a CPU."
+    data = ['--data', '32=cifar10', '--data-root', s.info('data')['root']] if s.status('data') == 'done' else []
+    if s.rehearsal: base = ['--device', 'cpu', '--model', 'micro', '--batch', '16', '--steps', '2', '--warmup', '1', '--no-compile', '--workers', '0']
+    else: base = ['--device', 'cuda', '--batch', '512', '--steps', '10', '--warmup', '3', '--workers', '8']
+    return [sys.executable, 'bench/pretrain_speed.py', *base, '--sizes', '32', '--methods', *methods, *data]
+
+def read_json(path: Path) -> dict | None:
+    "The JSON in `path`; None while it is missing or half written."
+    try: return json.loads(path.read_text())
+    except (OSError, ValueError): return None
+
+def path_speeds(path: Path, which: str) -> dict:
+    "Images/s of bench/pretrain_speed.py's path `which` by method, from its JSON (nothing for a missing file or failed row)."
+    return {r['method']: r['images_per_s'] for r in (read_json(path) or {}).get('rows', []) if r['path'] == which and 'images_per_s' in r}
 
 def stage_throughput(s: Session) -> dict:
-    out = s.out / 'throughput.json'
-    code = run_logged([sys.executable, 'bench/pretrain_speed.py', *speed_args(s, s.info('suite').get('compile_ok', False)),
-                       '--json', out], s.out / 'throughput.log', 900)
-    speeds = fast_speeds(out)
-    if set(speeds) != {'mae_std', 'pmae'}: raise RuntimeError(f"the throughput benchmark gave no fast-path speed (exit {code}); see throughput.log")
-    return dict(returncode=code, fast_images_per_s=speeds)
+    "The throughput table in two processes, so that one cut short loses only its own rows: the compiled paths, then the eager."
+    for name, paths, limit in (('fast', ['fast'], s.timing.fast_paths), ('eager', ['loader', 'reference'], s.timing.eager_paths)):
+        cmd = [*speed_cmd(s, *METHODS), '--paths', *paths, '--json', s.out / f'throughput_{name}.json']
+        s.call(cmd, s.out / f'throughput_{name}.log', limit)
+    fast, loader = path_speeds(s.out / 'throughput_fast.json', 'fast'), path_speeds(s.out / 'throughput_eager.json', 'loader')
+    compiled = set(fast) == set(METHODS)
+    speeds = fast if compiled else loader                       # no fast path for a method: plan on the eager DataLoader path
+    if set(speeds) != set(METHODS): raise RuntimeError("no training speed measured for both methods: see throughput_*.log")
+    return dict(images_per_s=speeds, fast=fast, loader=loader, compile=compiled and not s.rehearsal)
 
 def stage_concurrency(s: Session) -> dict:
-    "Both fast paths at once, in two processes: the total throughput against one at a time."
-    settings = speed_args(s, s.info('suite').get('compile_ok', False))
-    settings[settings.index('--steps') + 1] = '4' if s.args.rehearsal else '60'                 # long enough to overlap
-    barrier = s.out / 'concurrency_barrier'; shutil.rmtree(barrier, ignore_errors=True)       # both time their steps at once
-    procs = {m: subprocess.Popen([sys.executable, 'bench/pretrain_speed.py', *settings, '--methods', m, '--paths', 'fast',
-                                  '--sizes', '32', '--json', s.out / f'concurrent_{m}.json', '--sync-dir', barrier], cwd=ROOT,
-                                 stdout=open(s.out / f'concurrent_{m}.log', 'w'), stderr=subprocess.STDOUT) for m in ('mae_std', 'pmae')}
-    for p in procs.values(): p.wait(timeout=600)
-    solo, both = s.info('throughput')['fast_images_per_s'], {m: fast_speeds(s.out / f'concurrent_{m}.json').get(m) for m in procs}
-    if None in both.values(): return dict(solo=solo, concurrent=both, total_gain=None, concurrent_faster=False)
-    gain = sum(both[m] / solo[m] for m in both)                         # > 1: more work done per second side by side
-    return dict(solo=solo, concurrent=both, total_gain=gain, concurrent_faster=gain > 1.05)
+    "Both fast paths at once, in two processes: their images/s against one at a time, and the seconds to their first timed step."
+    thr, barrier, t0 = s.need('throughput'), s.out / 'concurrency_barrier', time.time()
+    shutil.rmtree(barrier, ignore_errors=True)                         # both processes time their steps at once (files in it)
+    extra = ['--paths', 'fast', '--steps', '4' if s.rehearsal else '30', '--sync-dir', barrier] + ([] if thr['compile'] else ['--no-compile'])
+    procs = {m: s.spawn([*speed_cmd(s, m), *extra, '--json', s.out / f'concurrent_{m}.json'], s.out / f'concurrent_{m}.log') for m in METHODS}
+    s.wait(procs, s.timing.concurrency)
+    startup = max((p.stat().st_mtime - t0 for p in barrier.glob('ready_*')), default=None)
+    both, solo = {m: path_speeds(s.out / f'concurrent_{m}.json', 'fast').get(m) for m in METHODS}, thr['images_per_s']
+    gain = None if None in both.values() else sum(both[m] / solo[m] for m in METHODS)   # > 1: more work per second side by side
+    return dict(solo=solo, concurrent=both, total_gain=gain, concurrent_faster=bool(gain and gain > 1.05), startup_s=startup)
 
-
-# ---------------------------------------------------------------- stages 5-7: the paper's CIFAR-10 runs
-def session_budget(s: Session):
-    "The jobs' recipe: the paper's (linear probe and kNN; compiled if the suite's compile tests passed), or a tiny rehearsal's."
-    # the rehearsal takes ten times the base learning rate: its few steps then move the two encoders apart
-    if s.args.rehearsal:
-        return replace(BUDGETS['smoke'], epochs=4, warmup_epochs=1, limit=0, base_lr=1.5e-3, probes=('linear', 'knn'), probe_epochs=2)
-    return replace(BUDGETS['paper'], probes=('linear', 'knn'), compile=s.info('suite').get('compile_ok', False))
+def epochs_that_fit(s: Session, plan: dict, jobs) -> int:
+    "Epochs that fit in the time left after the jobs' start, their probes and the end's margin."
+    probes = [plan['probe_s'][j.tag] for j in jobs]
+    reserve = plan['startup_s'] + 1.25 * max(probes) if plan['concurrent'] else len(jobs) * plan['startup_s'] + sum(probes)
+    return math.floor((s.left() - reserve - s.timing.margin) / plan['wall_s_per_epoch'])
 
 def stage_plan(s: Session) -> dict:
-    b, conc = session_budget(s), s.info('concurrency')
-    root = data_root('cifar10', b, s.args.data_root, s.out / 'stand-ins')
-    n = len(load_training_data(PretrainConfig(dataset='cifar10', data_root=str(root), limit=b.limit)).train)
-    solo = s.info('throughput')['fast_images_per_s']
+    "The epochs of the schedule both jobs run to, and the time their start and probes take, from the speeds measured."
+    thr, conc, n = s.need('throughput'), s.info('concurrency'), s.need('data')['n_train']
     together = conc.get('concurrent_faster', False)
-    speeds = conc['concurrent'] if together else solo
-    epoch_s = {m: n / v for m, v in speeds.items()}
-    per_epoch = max(epoch_s.values()) if together else sum(epoch_s.values())        # wall seconds per epoch of both jobs
-    probe_s = sum((b.probe_epochs or 100) * n / (3 * solo[j.method]) + OVERHEAD_S[s.args.rehearsal] for j in JOBS)   # ~1/3 of a step a pass
-    reserve = probe_s + STARTUP_S[s.args.rehearsal] * len(JOBS) + 30 + 0.05 * s.left()   # + the summary and a margin
-    epochs = max(1, min(b.epochs, math.floor((s.left() - reserve) / per_epoch)))
-    return dict(dataset='cifar10', data_root=str(root), n_train=n, schedule_epochs=b.epochs, epochs=epochs, concurrent=together,
-                wall_s_per_epoch=per_epoch, probe_s=probe_s, reserve_s=reserve, left_s=s.left(), compile=b.compile, probes=list(b.probes))
+    epoch_s = [n / v for v in (conc['concurrent'] if together else thr['images_per_s']).values()]
+    b = session_budget(s.rehearsal, thr['compile'])
+    passes = sum(probe_passes(b, k) for k in b.probes)                # in training steps' worth of images
+    plan = dict(n_train=n, schedule_epochs=b.epochs, concurrent=together, compile=b.compile, probes=list(b.probes),
+                wall_s_per_epoch=max(epoch_s) if together else sum(epoch_s), startup_s=conc.get('startup_s') or s.timing.startup,
+                probe_s={j.tag: EAGER * passes * n / thr['images_per_s'][j.method] + s.timing.probe_overhead for j in JOBS})
+    plan['epochs'] = min(b.epochs, epochs_that_fit(s, plan, JOBS))
+    if plan['epochs'] < 1: raise RuntimeError(f"not one epoch fits in the {s.left():.0f} s left: {json.dumps(plan)}")
+    return plan
+
+
+# ---------------------------------------------------------------- stages 7-8: the paper's CIFAR-10 runs
+def run_dir(s: Session, job: Job) -> Path:
+    "A job's run folder (checkpoint, metrics, probes), as `pmae.reproduce` names it."
+    return s.out / 'runs' / 'cifar10' / session_budget(s.rehearsal, False).name / job.tag
+
+def result_file(s: Session, job: Job) -> Path:
+    "A job's results JSON."
+    return result_path(s.out / 'results', 'cifar10', session_budget(s.rehearsal, False).name, job)
+
+def epochs_done(s: Session, job: Job) -> int:
+    "Whole epochs a job's run has logged (0 before its first)."
+    m = safe_metrics(run_dir(s, job))
+    return m[-1]['epoch'] if m else 0
+
+def launch_job(s: Session, job: Job, epochs: int, plan: dict) -> subprocess.Popen:
+    "Start a job's process: pre-training to `epochs`, stopped by its guard in time for its probes, then the probes."
+    guard = max(s.left() - plan['probe_s'][job.tag] - s.timing.margin, 1)
+    return s.spawn([sys.executable, __file__, 'job', '--out', s.out, '--job', f"{job.method}:{job.ratio}", '--epochs', epochs,
+                    '--time-limit', round(guard)], s.out / f'job_{job.tag}.log')
 
 def stage_jobs(s: Session) -> dict:
-    plan, b = s.info('plan'), session_budget(s)
-    todo = [j for j in JOBS if not result_path(s.out / 'results', 'cifar10', b.name, j).exists()]
-    limit = [] if s.args.rehearsal else ['--time-limit', int(max(s.left() - plan['probe_s'] - 60, 60))]   # leave the probes their time
-    cmd = lambda j: [sys.executable, __file__, 'job', '--out', s.out, '--job', f"{j.method}:{j.ratio}", '--epochs', plan['epochs'],
-                     *limit] + (['--rehearsal'] if s.args.rehearsal else [])
-    launch = lambda j: subprocess.Popen([str(c) for c in cmd(j)], cwd=ROOT, stdout=open(s.out / f'job_{j.tag}.log', 'a'), stderr=subprocess.STDOUT)
-    codes = {}
-    if plan['concurrent']:
-        procs = {j.tag: launch(j) for j in todo}
-        codes = {t: p.wait() for t, p in procs.items()}
-    else:
-        for j in todo: codes[j.tag] = launch(j).wait()
-    missing = [j.tag for j in JOBS if not result_path(s.out / 'results', 'cifar10', b.name, j).exists()]
-    if missing: raise RuntimeError(f"jobs without results: {missing} (exit codes {codes}); see job_*.log, then run again to resume")
-    return dict(exit_codes=codes, results=[str(result_path(s.out / 'results', 'cifar10', b.name, j)) for j in JOBS])
+    "Each job without results trained to the planned epoch (what fits of it in `finish`; never less than it has), then probed."
+    plan = s.need('plan')
+    todo = [j for j in JOBS if not result_file(s, j).exists()]
+    fit = epochs_that_fit(s, plan, todo) if todo else 0
+    epochs = {j.tag: min(plan['epochs'], max(epochs_done(s, j), fit)) for j in todo}
+    for group in [todo] if plan['concurrent'] else [[j] for j in todo]:
+        s.wait({j.tag: launch_job(s, j, epochs[j.tag], plan) for j in group if epochs[j.tag] >= 1}, s.left() - s.timing.margin)
+    missing = [j.tag for j in JOBS if not result_file(s, j).exists()]
+    if missing: raise RuntimeError(f"no results for {', '.join(missing)}: see job_*.log; `finish` probes what they trained")
+    return {j.tag: json.loads(result_file(s, j).read_text())['epochs'] for j in JOBS}
 
-def run_one_job(args):
-    "`job`: one pre-training run and its probes (a separate process, so that two can run side by side)."
+def job_command(args) -> int:
+    "`job`: one job's pre-training and probes, in a process of its own (two can run side by side)."
     s = Session(args)
+    plan, root = s.need('plan'), s.need('data')['root']
     method, _, ratio = args.job.partition(':')
-    plan = s.info('plan')
-    return run_job('cifar10', Job(method, float(ratio or 0)), session_budget(s), plan['data_root'], s.out / 'runs', s.out / 'results',
-                   'cpu' if args.rehearsal else 'cuda', args.time_limit, False, args.epochs)
+    job, b = Job(method, float(ratio or 0)), session_budget(s.rehearsal, plan['compile'])
+    where = dict(root=root, runs=s.out / 'runs', results=s.out / 'results', device=s.device)
+    try: run_job('cifar10', job, b, **where, time_limit=args.time_limit, stop_epoch=args.epochs)
+    except RunStopped as e:
+        done, status = epochs_done(s, job), json.loads((run_dir(s, job) / 'pretrain.json').read_text())['status']
+        if status != 'stopped' or done < 1: print(f"{e}; `finish` goes on from its checkpoint", flush=True); return 3   # SIGTERM
+        print(f"{e}\nits time guard stopped it: probing its {done} whole epochs (the weights hold some batches of the next)", flush=True)
+        run_job('cifar10', job, b, **where, stop_epoch=done)
+    return 0
 
 def stage_encoders(s: Session) -> dict:
-    b, sizes = session_budget(s), {}
-    for j in JOBS:
-        ckpt = s.out / 'runs' / 'cifar10' / b.name / j.tag / 'checkpoint.pt'
-        target = save_encoder(ckpt, s.out / 'encoders' / f"{j.tag}_encoder_bf16.pt")
-        sizes[j.tag] = round(target.stat().st_size / 2**20, 2)
-    return dict(mib=sizes)
+    "Each job's encoder in bf16, without decoder or optimiser: its MiB."
+    s.need('jobs')
+    saved = {j.tag: save_encoder(run_dir(s, j) / 'checkpoint.pt', s.out / 'encoders' / f"{j.tag}_encoder_bf16.pt") for j in JOBS}
+    return {tag: round(path.stat().st_size / 2**20, 2) for tag, path in saved.items()}
+
+STAGE_FUNCTIONS = dict(record=stage_record, data=stage_data, suite=stage_suite, throughput=stage_throughput, concurrency=stage_concurrency,
+                       plan=stage_plan, jobs=stage_jobs, encoders=stage_encoders, suite_rest=stage_suite_rest)
 
 
-# ---------------------------------------------------------------- stage 8: one page
+# ---------------------------------------------------------------- summary.md: one page of all so far
+def safe_metrics(run: Path) -> list:
+    "A run's per-epoch metrics; none while its file is being rewritten."
+    try: return read_metrics(run)
+    except (OSError, ValueError): return []
+
+def steady_speed(metrics: list) -> float | None:
+    "The median images/s of a run's epochs after its first (compilation), or of its first."
+    speeds = sorted(m['images_per_s'] for m in metrics[1:] or metrics)
+    return speeds[len(speeds) // 2] if speeds else None
+
 def table_md(rows: list) -> list:
     "The throughput rows as Markdown lines."
-    head = ['| size | method | path | images/s | ms/step | TFLOP/s | % of bf16 peak | peak GiB |', '|---|---|---|---:|---:|---:|---:|---:|']
     f = lambda v, spec: 'n/a' if v is None else format(v, spec)
-    return head + [f"| {r['size']} | {r['method']} | {r['path']} | {f(r.get('images_per_s'), ',.0f')} | {f(r.get('ms_per_step'), '.1f')} | "
-                   f"{f(r.get('tflops'), '.1f')} | {f(r.get('peak_fraction'), '.1%')} | {f(r.get('peak_gpu_gib'), '.1f')} |" for r in rows]
+    return ['| method | path | images/s | ms/step | TFLOP/s | % of bf16 peak | peak GiB |', '|---|---|---:|---:|---:|---:|---:|'] + \
+           [f"| {r['method']} | {r['path']} | {f(r.get('images_per_s'), ',.0f')} | {f(r.get('ms_per_step'), '.1f')} | {f(r.get('tflops'), '.1f')} | "
+            f"{f(r.get('peak_fraction'), '.1%')} | {f(r.get('peak_gpu_gib'), '.1f')} |" if 'error' not in r else
+            f"| {r['method']} | {r['path']} | could not run: {r['error'][:120]} | | | | |" for r in rows]
 
-def job_md(result: dict) -> list:
-    "A job's numbers beside the paper's (Table 1 at 800 epochs; the learning curve at our epoch when it has that point)."
-    lin, knn, e = result['probes']['linear'], result['probes']['knn'], result['epochs']
-    curve = PAPER_CURVE.get('PMAE_ocl' if result['row'] == 'PMAE_ocl' else 'MAE_ocl', {})
-    at = f"; paper's curve ({'PMAE_ocl' if result['row'] == 'PMAE_ocl' else 'MAE_ocl'}) at epoch {e}: {curve[e]}" if e in curve else ''
-    return [f"- **{result['row']}** ({result['hidden']}), {e} of {result['schedule_epochs']} epochs, "
-            f"{result['pretrain']['wall_s'] / 60:.1f} min pre-training at {result['pretrain']['images_per_s']:,.0f} images/s: "
-            f"linear {lin['best_acc']:.1f}% (best, epoch {lin['best_epoch']}) / {lin['final_acc']:.1f}% (final), "
-            f"kNN {knn['accuracy']:.1f}% (k = {knn['best_k']}); the paper at 800 epochs: linear {paper_value('linear', result['row'], 'cifar10')}, "
-            f"kNN {paper_value('knn', result['row'], 'cifar10')}{at}"]
+def job_md(s: Session, job: Job) -> str:
+    "A job's line: its probes beside the paper's (Table 1 at 800 epochs; the curve at our epoch if it has it), or its progress."
+    m, r, curve = safe_metrics(run_dir(s, job)), read_json(result_file(s, job)), 'PMAE_ocl' if job.method == 'pmae' else 'MAE_ocl'
+    speed = f"{steady_speed(m):,.0f} images/s" if m else 'not started'
+    if r is None:
+        return f"- **{job.row('cifar10')}**: epoch {epochs_done(s, job)} of {s.info('plan').get('epochs', '?')} planned, {speed}; no results yet"
+    lin, knn, e = r['probes']['linear'], r['probes']['knn'], r['epochs']
+    at = f"; the paper's {curve} learning curve at epoch {e}: {PAPER_CURVE[curve][e]}" if e in PAPER_CURVE[curve] else ''
+    return (f"- **{r['row']}** ({r['hidden']}), {e} of {r['schedule_epochs']} epochs, {r['pretrain']['seconds'] / 60:.1f} min of pre-training "
+            f"at {speed} (median epoch): linear {lin['best_acc']:.1f}% (best, epoch {lin['best_epoch']}) / {lin['final_acc']:.1f}% (final), "
+            f"kNN {knn['accuracy']:.1f}% (k = {knn['best_k']}); the paper at 800 epochs: linear {paper_value('linear', r['row'], 'cifar10')}, "
+            f"kNN {paper_value('knn', r['row'], 'cifar10')}{at}")
 
-def stage_summary(s: Session) -> dict:
-    rec, suite, plan, conc = s.info('record'), s.info('suite'), s.info('plan'), s.info('concurrency')
-    bench = json.loads((s.out / 'throughput.json').read_text())
-    results = [json.loads(result_path(s.out / 'results', 'cifar10', session_budget(s).name, j).read_text()) for j in JOBS]
-    p = bench['cifar10_800_epochs']
-    lines = [f"# GPU session{' (CPU rehearsal)' if rec['rehearsal'] else ''}: {rec['device']}", '',
-             f"torch {rec['torch']} (CUDA {rec['cuda']}), driver {rec['driver']}, commit {rec['commit']}, started {rec['started']}, "
-             f"budget {rec['minutes']} min.", '',
-             f"**GPU suite:** {suite['passed']} passed, {len(suite['failed'])} failed, {suite['skipped']} skipped"
-             + (f" (failed: {', '.join(suite['failed'])})" if suite['failed'] else '') + '.', '',
-             '**Throughput** (bench/pretrain_speed.py):', '', *table_md(bench['rows']), '',
-             f"800 epochs of CIFAR-10 at the fast path's PMAE speed: {p['minutes']:.1f} min." if p.get('minutes') else '',
-             f"Side by side, the two fast paths did {conc.get('total_gain') or float('nan'):.2f}x the work of one at a time: "
-             f"{'run together' if plan['concurrent'] else 'run one after the other'}.", '',
-             f"**Runs:** CIFAR-10 ({plan['n_train']:,} training images, {plan['data_root']}), the paper's recipe on its "
-             f"{plan['schedule_epochs']}-epoch schedule ended at epoch {plan['epochs']}, compiled: {plan['compile']}.", '',
-             *[l for r in results for l in job_md(r)], '']
+def stages_md(s: Session) -> str:
+    "Each stage's status and seconds."
+    took = lambda st: f" ({s.stages[st]['seconds']:.0f} s)" if 'seconds' in s.stages.get(st, {}) else ''
+    return ', '.join(f"{st} {s.status(st)}{took(st)}" for st in STAGES)
+
+def suite_md(s: Session, stage: str) -> str:
+    "A suite stage's counts (and failures) in words, or its status."
+    i = s.info(stage)
+    if not i or 'passed' not in i: return f"{stage}: {s.status(stage)} {i.get('reason') or i.get('error') or ''}".rstrip()
+    return (f"{stage}: {i['passed']} passed, {len(i['failed'])} failed, {i['skipped']} skipped" + (' (cut short)' if i['cut_short'] else '')
+            + (f"; failed: {', '.join(i['failed'])}" if i['failed'] else ''))
+
+def speedups_md(rows: list, projection: dict) -> list:
+    "The fast and DataLoader paths' speed-ups over the reference, and 800 epochs of CIFAR-10 at the fast path's PMAE speed."
+    v = {(r['method'], r['path']): r.get('images_per_s') for r in rows}
+    ups = [f"{m} {p} {v[m, p] / v[m, 'reference']:.1f}x" for m in METHODS for p in ('fast', 'loader')
+           if v.get((m, p)) and v.get((m, 'reference'))]
+    return ([f"Over the reference: {', '.join(ups)}."] if ups else []) + \
+           ([f"800 epochs of CIFAR-10 at the fast path's PMAE speed: {projection['minutes']:.1f} min."] if projection.get('minutes') else [])
+
+def write_summary(s: Session):
+    "OUT/summary.md: the machine, the stages, the suite, the throughput table, the plan and each job, as far as they got."
+    rec, data, conc, plan = s.info('record'), s.info('data'), s.info('concurrency'), s.info('plan')
+    fast, eager = (read_json(s.out / f'throughput_{n}.json') or {} for n in ('fast', 'eager'))
+    rows = fast.get('rows', []) + eager.get('rows', [])
+    lines = [f"# GPU session{' (CPU rehearsal)' if s.rehearsal else ''}: {rec.get('device', 'device not recorded yet')}", '',
+             f"torch {rec.get('torch')} (CUDA {rec.get('cuda')}), driver {rec.get('driver')}, commit {rec.get('commit')}, "
+             f"started {rec.get('started')}, {rec.get('minutes')} min; summary written {now()}.", '',
+             f"**Stages:** {stages_md(s)}.", '',
+             f"**Data:** {data.get('n_train', '?')} training images, {data.get('copy', 'not loaded yet')}.", '',
+             f"**GPU suite:** {suite_md(s, 'suite')}; {suite_md(s, 'suite_rest')}.", '',
+             '**Throughput** (bench/pretrain_speed.py, 32 px, one method at a time):', '', *table_md(rows), '',
+             *speedups_md(rows, fast.get('cifar10_800_epochs', {})), '']
+    if conc.get('total_gain'): lines += [f"Side by side the two fast paths did {conc['total_gain']:.2f}x the work of one at a time "
+                                          f"({', '.join(f'{m} {v:,.0f}' for m, v in conc['concurrent'].items())} images/s).", '']
+    if plan: lines += [f"**Plan:** the paper's recipe on its {plan['schedule_epochs']}-epoch schedule ended at epoch {plan['epochs']}, "
+                       f"{'side by side' if plan['concurrent'] else 'one after the other'}, compiled: {plan['compile']}, "
+                       f"probes {', '.join(plan['probes'])}.", '']
+    lines += ['**Runs:**', *[job_md(s, j) for j in JOBS], '']
     (s.out / 'summary.md').write_text('\n'.join(lines))
-    return dict(file=str(s.out / 'summary.md'))
 
 
 # ---------------------------------------------------------------- the commands
-STAGE_FUNCTIONS = dict(record=stage_record, suite=stage_suite, throughput=stage_throughput, concurrency=stage_concurrency,
-                       plan=stage_plan, jobs=stage_jobs, encoders=stage_encoders, summary=stage_summary)
+def session_command(s: Session, stages) -> int:
+    "Run `stages`, SIGTERM and SIGINT being a clean stop; pack at the end. 0: all done, 1: a stage failed, 3: stopped."
+    for sig in (signal.SIGTERM, signal.SIGINT): signal.signal(sig, interrupt)
+    try: code = 0 if all([s.run(st, STAGE_FUNCTIONS[st]) for st in stages]) else 1
+    except Interrupted as e: s.say(f"stopped by {e}: run `finish` at once to go on"); code = 3
+    for sig in (signal.SIGTERM, signal.SIGINT): signal.signal(sig, signal.SIG_IGN)
+    s.pack()
+    back = sorted(p.name for p in Path(s.args.to).glob('*'))
+    s.say(f"{s.args.command} ended with code {code} after {time.time() - s.t0:.0f} s; in {s.args.to}: {', '.join(back)}")
+    return code
 
-def run(args) -> int:
+def window(args) -> int:
+    "Call 1: every stage within --minutes (those done already are skipped)."
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return session_command(Session(args), STAGES)
+
+def finish(args) -> int:
+    "Call 2: what is left after the plan of the session `window` left here; exit code 2 when there is none."
     s = Session(args)
-    for stage in STAGES:
-        s.run(stage, STAGE_FUNCTIONS[stage])
-        if stage == args.until: say(f"stopping after {stage}, as asked"); return 0
-    say(f"session complete: {s.out / 'summary.md'}")
-    return 0
-
-def start(args) -> int:
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, __file__, 'run', '--out', out, '--minutes', args.minutes, '--data-root', args.data_root] + \
-           (['--rehearsal'] if args.rehearsal else [])
-    p = subprocess.Popen([str(a) for a in argv], cwd=ROOT, stdout=open(out / 'session.log', 'a'), stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    (out / 'session.pid').write_text(str(p.pid))
-    say(f"started the session in the background (pid {p.pid}); log {out / 'session.log'}; poll with: python {__file__} status --out {out}")
-    return 0
-
-def status(args) -> int:
-    out = Path(args.out)
-    stages = json.loads((out / 'stages.json').read_text()) if (out / 'stages.json').exists() else {}
-    for st in STAGES: say(f"{st:12} {stages.get(st, {}).get('status', '-'):8} {stages.get(st, {}).get('finished', '')}")
-    for run_dir in sorted((out / 'runs').glob('*/*/*')) if (out / 'runs').exists() else []:
-        m = read_metrics(run_dir)
-        if m: say(f"{run_dir.name}: epoch {m[-1]['epoch']}, loss {m[-1]['loss']:.4f}, {m[-1]['images_per_s']:,.0f} images/s")
-    if (out / 'session.log').exists(): say(''.join((out / 'session.log').read_text().splitlines(keepends=True)[-10:]))
-    return 0
-
-def pack(args) -> int:
-    "The session's small files in one archive, and the bf16 encoders beside it: what a window can bring back."
-    out, to = Path(args.out), Path(args.to); to.mkdir(parents=True, exist_ok=True)
-    small = [p for p in out.rglob('*') if p.is_file() and 'runs' not in p.relative_to(out).parts[:1] and p.suffix != '.pt']
-    small += [p for p in (out / 'runs').rglob('*') if p.name in ('metrics.jsonl', 'pretrain.json', 'config.json') or p.name.startswith('probe_')] \
-             if (out / 'runs').exists() else []
-    with tarfile.open(to / 'session.tar.gz', 'w:gz') as tar:
-        for p in small: tar.add(p, arcname=str(p.relative_to(out)))
-    for p in sorted((out / 'encoders').glob('*.pt')) if (out / 'encoders').exists() else []: shutil.copy2(p, to / p.name)
-    say(f"packed {len(small)} files into {to / 'session.tar.gz'}; encoders copied to {to}")
-    return 0
+    if s.status('plan') != 'done':
+        print(f"nothing to finish: {s.out} holds no plan ({'the plan stage is ' + s.status('plan') if s.path.exists() else 'no session there'}; "
+              "was the machine given back between the calls?). Run `window` again.", flush=True)
+        if s.path.exists(): s.pack()
+        return 2
+    return session_command(s, FINISH)
 
 def prepare(args) -> int:
-    path = write_commit_file(ROOT)
-    say(f"{path}: {path.read_text().strip()} (travels with the tree; the session reads it where there is no .git)")
-    return 0
+    "Here, before a window: write PMAE_COMMIT, check the wheels and the data, and that what travels stays under 64 MiB."
+    commit, data = write_commit_file(ROOT), ROOT / args.data_root
+    print(f"{commit}: {commit.read_text().strip()}")
+    carried, problems = [ROOT / '.whl', data, commit], []
+    if not list((ROOT / '.whl').glob('fastcore-*.whl')): problems.append(f"no fastcore wheel in {ROOT / '.whl'} (see README.md)")
+    problems += [f"no folder {data / 'cifar10' / split}" for split in ('train', 'test') if not (data / 'cifar10' / split).is_dir()]
+    problems += [f"{p} is a decoded cache: delete it, it must not travel" for p in data.rglob('.pmae-cache')] if data.is_dir() else []
+    problems += [f"{p.name} is not ignored by git" for p in carried if subprocess.run(['git', 'check-ignore', '-q', p], cwd=ROOT).returncode]
+    size = sum(p.stat().st_size for p in travelling_files(carried))
+    print(f"what travels: {size / 2**20:.1f} MiB of 64 (the tree and {', '.join(p.name for p in carried)})")
+    if size > 64 * 2**20: problems.append(f"{size / 2**20:.1f} MiB travels, over the 64 MiB limit")
+    for p in problems: print(f"problem: {p}")
+    return 1 if problems else 0
+
+def travelling_files(carried: list) -> list[Path]:
+    "The files a `run` call copies: the tracked and untracked-not-ignored ones, and those under the carried paths."
+    tree = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=ROOT, capture_output=True, text=True).stdout
+    files = [ROOT / t for t in tree.split('\0') if t] + [f for c in carried for f in ([c] if c.is_file() else c.rglob('*'))]
+    return [f for f in files if f.is_file()]
 
 def parse_args(argv=None):
+    "The command line: window, finish, job, prepare."
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
-    for name in ('run', 'start', 'job'):
-        s = sub.add_parser(name)
-        s.add_argument('--out', required=True, help='the session folder (outside the checkout on a lent machine)')
-        s.add_argument('--minutes', type=float, default=25, help='the time this session may spend, from now')
-        s.add_argument('--data-root', default='data', help='where cifar10/ (or its stand-in, in a rehearsal) is')
-        s.add_argument('--rehearsal', action='store_true', help='the micro model, a stand-in data set, a few steps: for a CPU')
-        if name == 'run': s.add_argument('--until', choices=STAGES, help='stop after this stage')
-        if name == 'job':
-            s.add_argument('--job', required=True); s.add_argument('--epochs', type=int, required=True)
-            s.add_argument('--time-limit', type=float)
-    s = sub.add_parser('status'); s.add_argument('--out', required=True)
-    s = sub.add_parser('pack'); s.add_argument('--out', required=True); s.add_argument('--to', required=True)
-    sub.add_parser('prepare')
+    w = sub.add_parser('window', help='call 1: every stage within --minutes')
+    f = sub.add_parser('finish', help="call 2: what is left after the plan, in a session `window` left on this machine")
+    for c, minutes in ((w, 9.5), (f, 2)):
+        c.add_argument('--out', required=True, help='the session folder (outside the checkout; `finish` needs it from `window`)')
+        c.add_argument('--to', required=True, help='where the files to bring back go: $OUT on a lent machine')
+        c.add_argument('--minutes', type=float, default=minutes, help='the time this command may spend, from its start')
+    w.add_argument('--data-root', default='gpudata', help='where cifar10/ is (a rehearsal writes a stand-in when it is not)')
+    w.add_argument('--rehearsal', action='store_true', help='the micro model, a stand-in data set, a few steps: for a CPU')
+    j = sub.add_parser('job', help='(started by window and finish) one job in a process of its own')
+    j.add_argument('--out', required=True); j.add_argument('--job', required=True, help='METHOD:RATIO')
+    j.add_argument('--epochs', type=int, required=True); j.add_argument('--time-limit', type=float)
+    pr = sub.add_parser('prepare', help='here, before a window: PMAE_COMMIT and checks of what travels')
+    pr.add_argument('--data-root', default='gpudata', help='the folder carried with cifar10/ in it')
     return p.parse_args(argv)
 
 def main(argv=None) -> int:
+    "Run the command asked for; its exit code."
     args = parse_args(argv)
-    return dict(run=run, start=start, status=status, pack=pack, prepare=prepare,
-                job=lambda a: bool(run_one_job(a)) and 0)[args.command](args)
+    return dict(window=window, finish=finish, job=job_command, prepare=prepare)[args.command](args)
 
 
 if __name__ == '__main__':

@@ -24,7 +24,7 @@ included, then `--steps` timed ones, synchronised on CUDA), full optimiser steps
   fp32 (the method's ViT-T/8: 192 wide, 12 layers, 12 heads; decoder 512 wide, 8 layers, 16 heads),
   a DataLoader with per-image RandomResizedCrop(0.2-1, bicubic) + flip + ToTensor + per-pixel
   normalisation, plain AdamW, no autocast, no compilation. MAE_std uses the model's own loss
-  (mask ratio 0.75, norm_pix_loss); PMAE feeds every patch (mask ratio 0) the projected image
+  (mask ratio 0.75, norm_pix_loss=False as the PMAE reference ran it); PMAE feeds every patch (mask ratio 0) the projected image
   x·V_visᵀ·V_vis and takes the MSE between the hidden-component coefficients of the unpatchified
   prediction and of x. `transformers` is imported by this path only; a path that cannot run gets
   a row saying why.
@@ -165,13 +165,13 @@ def reference_batches(images: Tensor, mean: Tensor, std: Tensor, batch: int, wor
     for x in dl: yield x.to(device, non_blocking=True)
 
 def reference_model(vit: ViTConfig, mask_ratio: float) -> nn.Module:
-    "Hugging Face ViTMAEForPreTraining with the shapes of `vit` (vit_tiny: the method's ViT-T/8), norm_pix_loss, fp32."
+    "Hugging Face ViTMAEForPreTraining with the shapes of `vit` (vit_tiny: the method's ViT-T/8), no norm_pix_loss (as run), fp32."
     try: from transformers import ViTMAEConfig, ViTMAEForPreTraining
     except ImportError as e: raise ImportError(f"the reference path needs transformers ({e}): pip install 'transformers>=4.40'") from None
     config = ViTMAEConfig(hidden_size=vit.width, num_hidden_layers=vit.depth, num_attention_heads=vit.heads, intermediate_size=vit.mlp,
                           decoder_hidden_size=vit.dec_width, decoder_num_hidden_layers=vit.dec_depth,
                           decoder_num_attention_heads=vit.dec_heads, decoder_intermediate_size=vit.dec_mlp, patch_size=vit.patch_size,
-                          image_size=vit.img_size, num_channels=vit.in_chans, norm_pix_loss=True, mask_ratio=mask_ratio)
+                          image_size=vit.img_size, num_channels=vit.in_chans, norm_pix_loss=False, mask_ratio=mask_ratio)
     torch.manual_seed(0)
     return set_mae_positions(ViTMAEForPreTraining(config))
 

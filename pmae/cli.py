@@ -104,10 +104,15 @@ def cmd_demo(args) -> int:
     return 0
 
 def parse_job(text: str) -> Job:
-    "A job from the command line: 'METHOD' or 'METHOD:RATIO', e.g. 'mae_std', 'pmae:0.1'."
-    method, _, ratio = text.partition(':')
-    try: return Job(method, float(ratio) if ratio else 0.0)
-    except ValueError: raise ConfigError(f"bad job {text!r}: expected METHOD or METHOD:RATIO, e.g. pmae:0.1") from None
+    "A job from the command line: 'METHOD[:RATIO][,FIELD=VALUE...]', e.g. 'mae_std', 'pmae:0.1', 'pmae:0.1,cut=closest,stop_epoch=40'."
+    head, *pairs = text.split(',')
+    method, _, ratio = head.partition(':')
+    try:
+        fields = dict(p.split('=', 1) for p in pairs)
+        kinds = {'cut': str, 'loss_norm': str, 'norm_pix': lambda v: {'true': True, 'false': False}[v.lower()], 'stop_epoch': int}
+        return Job(method, float(ratio) if ratio else 0.0, **{k: kinds[k](v) for k, v in fields.items()})
+    except (ValueError, KeyError): raise ConfigError(f"bad job {text!r}: expected METHOD[:RATIO][,FIELD=VALUE...] with fields "
+                                                     "cut, loss_norm, norm_pix, stop_epoch, e.g. pmae:0.1,cut=closest") from None
 
 def cmd_reproduce(args) -> int:
     "`pmae reproduce`: a reproduction chapter's runs (chapters 20-23) at one budget, each with a results JSON and its provenance."
@@ -117,7 +122,7 @@ def cmd_reproduce(args) -> int:
                          args.results, args.force, args.device, args.time_limit, not args.quiet, args.stop_epoch, **runtime)
     except RunStopped as e: say(str(e)); return 130
     for r in res: say(f"{r['row']:12} " + ', '.join(f"{k} {p['accuracy']:.1f}%" for k, p in r['probes'].items()) +
-                      f"  ({r['epochs']} epochs, {r['provenance']['wall_s'] / 60:.1f} min) -> {result_path(args.results, r['dataset'], r['budget'], Job(r['method'], r['ratio']))}")
+                      f"  ({r['epochs']} epochs, {r['provenance']['wall_s'] / 60:.1f} min) -> {Path(args.results) / r['dataset'] / r['budget'] / (r['job'] + '.json')}")
     return 0
 
 # %% ../nbs/11_cli.ipynb #b3f9d4e6
@@ -188,8 +193,8 @@ def add_reproduce_command(sub):
     "`pmae reproduce`: a reproduction chapter's runs at a budget (smoke, cpu, paper)."
     s = sub.add_parser(allow_abbrev=False, name='reproduce', help="a reproduction chapter's runs at a budget (smoke, cpu, paper)", description=cmd_reproduce.__doc__)
     s.add_argument('dataset', help=f"one of the paper's data sets: {', '.join(DATASETS)}")
-    s.add_argument('--budget', default='cpu', choices=list(BUDGETS), help='smoke: seconds; cpu: micro ViT, under an hour on a laptop; paper: the recipe (GPU)')
-    s.add_argument('--jobs', nargs='+', metavar='METHOD[:RATIO]', help="runs to do [default: MAE_std and PMAE at the paper's ratio and at 0.2]")
+    s.add_argument('--budget', default='cpu', choices=list(BUDGETS), help='smoke: seconds; cpu: micro ViT, under an hour; laptop: the CPU study (mini ViT, 16x16, ~1.5 h); paper: the recipe (GPU)')
+    s.add_argument('--jobs', nargs='+', metavar='METHOD[:RATIO][,FIELD=VALUE]', help="runs to do, e.g. pmae:0.1,cut=closest [default: the budget's set]")
     s.add_argument('--data-root', default=None, help='where the data set lives [default: $PMAE_DATA, else data]')
     s.add_argument('--runs', default='runs', help='where the run folders go (runs/<dataset>/<budget>/<job>/)')
     s.add_argument('--results', default='results', help='where the results JSON go (<results>/<dataset>/<budget>/<job>.json)')

@@ -72,6 +72,7 @@ CONFIGS = {
     'vit_tiny_3h': ViTConfig(heads=3),                           # standard ViT-T: 3 heads of 64
     'vit_small':   ViTConfig(width=384, heads=6, mlp=1536),
     'vit_base':    ViTConfig(width=768, heads=12, mlp=1536),     # reference config's MLP size
+    'mini':        ViTConfig(width=64, depth=4, heads=4, mlp=256, dec_width=64, dec_depth=2, dec_heads=4, dec_mlp=256),   # laptop study
     'micro':       ViTConfig(width=64, depth=2, heads=4, mlp=128, dec_width=64, dec_depth=1, dec_heads=4, dec_mlp=128),
 }
 
@@ -219,19 +220,24 @@ def masked_patch_loss(pred: Tensor, target: Tensor, hidden: Tensor) -> Tensor:
 # %% ../nbs/05_mae.ipynb #d2cc17b6
 class MAE(MaskedAutoencoder):
     "Masked autoencoder: hide patches, encode the visible ones, predict the hidden ones' pixels."
-    def __init__(self, config: ViTConfig, masking: PatchMasking = PatchMasking(0.75), norm_pix_loss: bool = True,
+    def __init__(self, config: ViTConfig, masking: PatchMasking = PatchMasking(0.75), norm_pix_loss: bool = False,
                  mean: Tensor | None = None, std: Tensor | None = None):
         super().__init__(config, mean, std)
         if not isinstance(masking, PatchMasking): raise TypeError(f"MAE masks patches: expected a PatchMasking, got {masking}")
         self.masking, self.norm_pix_loss = masking, norm_pix_loss
 
+    def draw_masks(self, n: int, generator=None, steps: int | None = None) -> PatchMask:
+        "Patch masks for a batch of `n` images (with `steps`, for that many batches), drawn on the generator's device."
+        return self.masking(n, self.config.n_patches, generator, generator.device if generator else self.mean.device, steps)
+
     def forward(self, images: Tensor, mask: PatchMask | None = None, generator=None) -> Reconstruction:
         "Loss and prediction for a batch of images (`uint8` or [0, 1] floats); a mask is drawn unless given."
         x = self.normalize(images)                                                     # (N, C, H, W)
-        if mask is None: mask = self.masking(len(x), self.config.n_patches, generator, x.device)
+        if mask is None: mask = self.draw_masks(len(x), generator)
         pred = self.decoder(self.encoder(x, mask.keep, mask.n_visible), mask.restore, mask.n_visible)   # (N, L, C*p*p)
         loss = masked_patch_loss(pred, patch_targets(x, self.config.patch_size, self.norm_pix_loss), mask.hidden)
         return Reconstruction(loss, unpatchify(pred, self.config.patch_size, self.config.image_shape), mask.hidden)
+
 
 # %% ../nbs/05_mae.ipynb #1fda6417
 def train_steps(model: nn.Module, images: Tensor, steps: int, batch_size: int = 64, lr: float = 1e-3,

@@ -14,10 +14,10 @@ from torch import Tensor
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['COMPONENT_ORDERS', 'MASKINGS', 'patchify', 'unpatchify', 'check_ratio', 'check_ratio_range', 'draw_ratios',
+__all__ = ['CUTS', 'COMPONENT_ORDERS', 'MASKINGS', 'patchify', 'unpatchify', 'check_ratio', 'check_ratio_range', 'draw_ratios',
            'visible_count', 'PatchMask', 'mask_at', 'random_patch_mask', 'visible_counts', 'PatchMasking',
            'closest_prefix', 'hide_prefix', 'hidden_variance', 'check_variance_ratios', 'component_mask',
-           'ComponentMasking', 'get_masking', 'patch_mask_pixels']
+           'ComponentMask', 'ComponentMasking', 'get_masking', 'patch_mask_pixels']
 
 # %% ../nbs/03_masking.ipynb #d8497637
 def patchify(images: Tensor, p: int) -> Tensor:
@@ -71,8 +71,9 @@ class PatchMask(NamedTuple):
 # %% ../nbs/03_masking.ipynb #e7e86d9c
 def mask_at(masks, step: int):
     "Batch `step`'s mask out of masks drawn for several batches at once (a leading steps dimension)."
-    if isinstance(masks, PatchMask): return PatchMask(*(None if t is None else t[step] for t in masks))
+    if isinstance(masks, tuple): return type(masks)(*(None if t is None else t[step] for t in masks))   # PatchMask, ComponentMask
     return masks[step]
+
 
 # %% ../nbs/03_masking.ipynb #08fa0138
 def random_patch_mask(n: int, n_patches: int, ratio: float, generator=None, device=None, steps: int | None = None) -> PatchMask:
@@ -114,9 +115,14 @@ def __call__(self: PatchMasking, n: int, n_patches: int, generator=None, device=
     return mask if steps else mask_at(mask, 0)
 
 # %% ../nbs/03_masking.ipynb #c0f9f8bf
-def closest_prefix(cumulative: Tensor, ratio) -> Tensor:
-    "Per row, the prefix length m in 1..K-1 whose cumulative sum (B, K) is closest to `ratio` (float or (B, 1))."
-    return (cumulative[:, :-1] - ratio).abs().argmin(1) + 1   # (B,)
+CUTS = ('as_run', 'closest')   # the reference code's cut (the default), the paper's text
+
+def closest_prefix(cumulative: Tensor, ratio, cut: str = 'as_run') -> Tensor:
+    "Per row, how many components (B,) to hide: the prefix of cumulative sums (B, K) cut by `cut` near `ratio` (float or (B, 1))."
+    if cut == 'as_run': return (cumulative - ratio).abs().argmin(1)          # 0..K-1: the crossing component stays visible
+    if cut == 'closest': return (cumulative[:, :-1] - ratio).abs().argmin(1) + 1   # 1..K-1: the crossing is hidden
+    raise ValueError(f"unknown cut {cut!r}: choose one of {', '.join(CUTS)}")
+
 
 # %% ../nbs/03_masking.ipynb #16c04054
 def hide_prefix(order: Tensor, m: Tensor) -> Tensor:
@@ -142,19 +148,26 @@ def check_variance_ratios(ratios: Tensor) -> Tensor:
     return ratios
 
 # %% ../nbs/03_masking.ipynb #bb3b0e5a
-def component_mask(ratios: Tensor, ratio, n: int = 1, order: str = 'random', generator=None, check: bool = True) -> Tensor:
-    "`n` masks (n, K), True for hidden components: a prefix of `order` explaining closest to `ratio` of the variance."
+def component_mask(ratios: Tensor, ratio, n: int = 1, order: str = 'random', generator=None, check: bool = True,
+                   cut: str = 'as_run') -> Tensor:
+    "`n` masks (n, K), True for hidden components: the prefix of `order` that `cut` picks near `ratio` of the variance."
     ratios = check_variance_ratios(ratios) if check else ratios.double()   # the check reads values: a host sync on a GPU
     K, device = len(ratios), ratios.device
     if order == 'random': perm = torch.rand(n, K, generator=generator, device=device).argsort(1)   # (n, K)
     elif order == 'bvt': perm = torch.arange(K, device=device).expand(n, -1)             # hide the top components
     elif order == 'tvb': perm = torch.arange(K - 1, -1, -1, device=device).expand(n, -1)  # hide the bottom components
     else: raise ValueError(f"unknown component order {order!r}: choose 'random', 'tvb' or 'bvt'")
-    m = closest_prefix(ratios[perm].cumsum(1), ratio)
+    m = closest_prefix(ratios[perm].cumsum(1), ratio, cut)
     return hide_prefix(perm, m)
+
 
 # %% ../nbs/03_masking.ipynb #927384ce
 COMPONENT_ORDERS = ('random', 'tvb', 'bvt')
+
+class ComponentMask(NamedTuple):
+    "Which principal components are hidden, and the padding length the reference's loss divides by."
+    hidden: Tensor    # (1, K) one mask for the batch, or (N, K) one per image; True: hidden
+    longest: Tensor   # () the most components any image of the batch drew (the reference pads every draw to it)
 
 @dataclass(frozen=True)
 class ComponentMasking:
@@ -163,27 +176,36 @@ class ComponentMasking:
     ratio_range: tuple | None = None   # e.g. (0.1, 0.9) for PMAE_rd
     order: str = 'random'              # 'random' (paper), 'tvb' (bottom hidden) or 'bvt' (top hidden)
     per_sample: bool = False           # False: one mask per batch, as in the paper
+    cut: str = 'as_run'                # 'as_run' (the reference code's, the default) or 'closest' (the paper's text)
 
     def __post_init__(self):
         check_ratio(self.ratio, 'variance mask ratio')
         if self.ratio_range is not None: object.__setattr__(self, 'ratio_range', check_ratio_range(self.ratio_range, 'variance mask ratio range'))
         if self.order not in COMPONENT_ORDERS: raise ValueError(f"unknown component order {self.order!r}: choose one of {COMPONENT_ORDERS}")
+        if self.cut not in CUTS: raise ValueError(f"unknown cut {self.cut!r}: choose one of {', '.join(CUTS)}")
+
 
 # %% ../nbs/03_masking.ipynb #56465d0d
 @patch
 def __str__(self: ComponentMasking):
     r = f"{self.ratio:.0%}" if self.ratio_range is None else "U({:g}, {:g})".format(*self.ratio_range)
-    return f"components {r} of variance, {self.order} order, per {'sample' if self.per_sample else 'batch'}"
+    cut = 'as run' if self.cut == 'as_run' else self.cut
+    return f"components {r} of variance, {self.order} order, per {'sample' if self.per_sample else 'batch'}, {cut} cut"
+
 
 # %% ../nbs/03_masking.ipynb #65fdccc6
 @patch
-def __call__(self: ComponentMasking, ratios: Tensor, n: int = 1, generator=None, check: bool = True, steps: int | None = None) -> Tensor:
-    "Hidden-component masks (n, K) with `per_sample`, else (1, K); with `steps`, (steps, rows, K); `check=False` skips validating `ratios`."
-    rows = n if self.per_sample else 1
-    flat = rows * (steps or 1)
-    ratio = self.ratio if self.ratio_range is None else draw_ratios(self.ratio_range, flat, generator, ratios.device)
-    hidden = component_mask(ratios, ratio, flat, self.order, generator, check)     # (flat, K)
-    return hidden if steps is None else hidden.view(steps, rows, -1)
+def __call__(self: ComponentMasking, ratios: Tensor, n: int = 1, generator=None, check: bool = True,
+             steps: int | None = None) -> ComponentMask:
+    "A mask of `n` images' draws: hidden (1, K), or (n, K) with `per_sample`; with `steps`, a leading steps dimension."
+    S = steps or 1
+    rows = n if self.per_sample else 1                                        # ratios drawn per row: per image or per batch
+    ratio = self.ratio if self.ratio_range is None else draw_ratios(self.ratio_range, S * rows, generator, ratios.device)
+    if self.ratio_range is not None and not self.per_sample: ratio = ratio.repeat_interleave(n, 0)   # (S*n, 1) one per batch
+    draws = component_mask(ratios, ratio, S * n, self.order, generator, check, self.cut).view(S, n, -1)   # (S, n, K)
+    mask = ComponentMask(draws[:, :rows], draws.sum(-1).amax(-1))             # (S, rows, K), (S,)
+    return mask if steps else mask_at(mask, 0)
+
 
 # %% ../nbs/03_masking.ipynb #8c77e6ee
 MASKINGS = {
@@ -195,11 +217,13 @@ MASKINGS = {
     'pmae_bvt': ComponentMasking(0.2, order='bvt'),          # bottom components visible, top hidden
 }
 
-def get_masking(name: str, ratio: float | None = None):
-    "The masking strategy called `name` in `MASKINGS`, optionally with another fixed `ratio`."
+def get_masking(name: str, ratio: float | None = None, **options):
+    "The masking strategy called `name` in `MASKINGS`, optionally with another fixed `ratio` or other fields (e.g. `cut`)."
     if name not in MASKINGS: raise ValueError(f"unknown masking {name!r}: choose one of {', '.join(MASKINGS)}")
     m = MASKINGS[name]
-    return m if ratio is None else replace(m, ratio=ratio, ratio_range=None)
+    if ratio is not None: m = replace(m, ratio=ratio, ratio_range=None)
+    return replace(m, **options) if options else m
+
 
 # %% ../nbs/03_masking.ipynb #7bfd99c8
 def patch_mask_pixels(hidden: Tensor, p: int, shape) -> Tensor:

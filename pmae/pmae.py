@@ -11,11 +11,13 @@ from fastcore.basics import patch
 from torch import Tensor
 
 from .pca import PCABasis
-from .masking import ComponentMasking, check_variance_ratios, unpatchify
+from .masking import ComponentMask, ComponentMasking, check_variance_ratios, unpatchify
 from .mae import MaskedAutoencoder, Reconstruction, ViTConfig
 
+
 # %% auto #0
-__all__ = ['PMAE_LOSSES', 'split_components', 'hidden_component_loss', 'hidden_pixel_loss', 'PMAE', 'pmae_parts', 'shared_scale']
+__all__ = ['LOSS_NORMS', 'PMAE_LOSSES', 'split_components', 'average_errors', 'hidden_component_loss', 'hidden_pixel_loss',
+           'PMAE', 'pmae_parts', 'shared_scale']
 
 # %% ../nbs/06_pmae.ipynb #78651d82
 def split_components(x: Tensor, components: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
@@ -24,28 +26,39 @@ def split_components(x: Tensor, components: Tensor, hidden: Tensor) -> tuple[Ten
     return coef, (coef * ~hidden) @ components               # (N, D)
 
 # %% ../nbs/06_pmae.ipynb #40fd3cc4
-def hidden_component_loss(pred: Tensor, coef: Tensor, hidden: Tensor, components: Tensor) -> Tensor:
-    "Paper Eq. 3.1: mean squared error between the hidden components' coefficients of `pred` (N, D) and `coef` (N, K)."
-    err = (pred @ components.T - coef).pow(2) * hidden           # (N, K), zero on visible components
-    return err.sum() / hidden.expand_as(err).sum()
+LOSS_NORMS = ('as_run', 'hidden')   # the reference code's padded mean (the default), the text's mean over hidden entries
 
-def hidden_pixel_loss(pred: Tensor, coef: Tensor, hidden: Tensor, components: Tensor) -> Tensor:
-    "Paper Eq. A.1: mean squared error in pixel space between `pred` (N, D) and the image's hidden part."
-    return (pred - (coef * hidden) @ components).pow(2).mean()
+def average_errors(err: Tensor, hidden: Tensor, longest: Tensor, last: Tensor, norm: str = 'as_run') -> Tensor:
+    "Squared errors `err` (N, k) averaged over the `hidden` (rows, k) entries: padded to `longest` as run, or over those entries."
+    total, m = (err * hidden).sum(), hidden.sum(-1)                         # (), (rows,) hidden per mask
+    if norm == 'hidden': return total / hidden.expand_as(err).sum().clamp_min(1)
+    L = torch.maximum(longest, m.max()).clamp_min(1)                        # () the padded length
+    return (total + ((L - m) * last).sum()) / (len(err) * L)                 # padding reads `last` (N,): component K-1
+
+def hidden_component_loss(pred: Tensor, coef: Tensor, mask: ComponentMask, components: Tensor, norm: str = 'as_run') -> Tensor:
+    "Paper Eq. 3.1: squared error of the hidden components' coefficients of `pred` (N, D) against `coef` (N, K), averaged by `norm`."
+    err = (pred @ components.T - coef).pow(2)                                # (N, K)
+    return average_errors(err, mask.hidden, mask.longest, err[:, -1], norm)
+
+def hidden_pixel_loss(pred: Tensor, coef: Tensor, mask: ComponentMask, components: Tensor, norm: str = 'as_run') -> Tensor:
+    "Paper Eq. A.1: mean squared error in pixel space between `pred` (N, D) and the image's hidden part (`norm` unused)."
+    return (pred - (coef * mask.hidden) @ components).pow(2).mean()
 
 PMAE_LOSSES = {'components': hidden_component_loss, 'pixels': hidden_pixel_loss}
+
 
 # %% ../nbs/06_pmae.ipynb #12420798
 class PMAE(MaskedAutoencoder):
     "Principal masked autoencoder: hide principal components, encode the rest, predict the hidden coefficients."
     def __init__(self, config: ViTConfig, basis: PCABasis, masking: ComponentMasking = ComponentMasking(0.2),
-                 loss: str = 'components'):
+                 loss: str = 'components', loss_norm: str = 'as_run', hidden_only: bool = False):
         basis.check_shape(config.image_shape, what="the model's images")
         super().__init__(config, basis.mean, basis.std)
         if not isinstance(masking, ComponentMasking):
             raise TypeError(f"PMAE masks components: expected a ComponentMasking, got {masking}")
         if loss not in PMAE_LOSSES: raise ValueError(f"unknown PMAE loss {loss!r}: choose one of {', '.join(PMAE_LOSSES)}")
-        self.masking, self.loss = masking, loss
+        if loss_norm not in LOSS_NORMS: raise ValueError(f"unknown loss_norm {loss_norm!r}: choose one of {', '.join(LOSS_NORMS)}")
+        self.masking, self.loss, self.loss_norm, self.hidden_only = masking, loss, loss_norm, hidden_only
         self.register_buffer('components', torch.empty(0), persistent=False)   # (K, D)
         self.register_buffer('ratios', torch.empty(0), persistent=False)       # (K,) float64
         self.attach_basis(basis)
@@ -60,18 +73,50 @@ class PMAE(MaskedAutoencoder):
         self.ratios = check_variance_ratios(basis.ratios).to(self.mean.device)   # checked once here, not at every mask draw
         return self
 
+
 # %% ../nbs/06_pmae.ipynb #7655120a
 @patch
-def forward(self: PMAE, images: Tensor, hidden: Tensor | None = None, generator=None) -> Reconstruction:
-    "Loss and predicted image (normalised units) for a batch; a component mask (1 or N, K) is drawn unless given."
+def draw_masks(self: PMAE, n: int, generator=None, steps: int | None = None) -> ComponentMask:
+    "Component masks for a batch of `n` images (with `steps`, for that many batches), drawn where the basis lives."
+    return self.masking(self.ratios, n, generator, check=False, steps=steps)   # the ratios were checked at attach
+
+@patch
+def forward(self: PMAE, images: Tensor, mask: ComponentMask | None = None, generator=None) -> Reconstruction:
+    "Loss and predicted image (normalised units) for a batch; a `ComponentMask` is drawn unless given."
     x = self.normalize(images)                                                    # (N, C, H, W)
-    if hidden is None: hidden = self.masking(self.ratios, len(x), generator, check=False)   # (1 or N, K); checked at attach
+    if mask is None: mask = self.draw_masks(len(x), generator)
+    if self.hidden_only and self.uses_hidden_only(mask): return self.forward_hidden_only(x, mask)
     with torch.autocast(x.device.type, enabled=False):
-        coef, visible = split_components(x.flatten(1).float(), self.components, hidden)   # (N, K), (N, D)
+        coef, visible = split_components(x.flatten(1).float(), self.components, mask.hidden)   # (N, K), (N, D)
     pred = unpatchify(self.decoder(self.encoder(visible.view_as(x))), self.config.patch_size, self.config.image_shape)
     with torch.autocast(x.device.type, enabled=False):
-        loss = PMAE_LOSSES[self.loss](pred.flatten(1).float(), coef, hidden, self.components)
-    return Reconstruction(loss, pred, hidden)
+        loss = PMAE_LOSSES[self.loss](pred.flatten(1).float(), coef, mask, self.components, self.loss_norm)
+    return Reconstruction(loss, pred, mask.hidden)
+
+
+# %% ../nbs/06_pmae.ipynb #7c0045b5
+@patch
+def uses_hidden_only(self: PMAE, mask: ComponentMask) -> bool:
+    "Whether this batch takes the hidden-only path: asked for, Eq. 3.1, one mask per batch, a complete basis, not compiling."
+    K, D = self.components.shape
+    return (self.loss == 'components' and mask.hidden.shape[0] == 1 and K == D
+            and not torch.compiler.is_compiling())
+
+@patch
+def forward_hidden_only(self: PMAE, x: Tensor, mask: ComponentMask) -> Reconstruction:
+    "`forward` on standardised images `x` (N, C, H, W), projecting on the hidden components and the last one only."
+    idx = mask.hidden[0].nonzero().squeeze(1)                                 # (m,) a host sync: CPU runs
+    V = self.components[torch.cat([idx, idx.new_tensor([len(self.components) - 1])])]   # (m + 1, D): hidden, then the last
+    with torch.autocast(x.device.type, enabled=False):
+        coef = x.flatten(1).float() @ V.T                                     # (N, m + 1)
+        visible = x.flatten(1).float() - coef[:, :-1] @ V[:-1]               # (N, D) the image minus its hidden part
+    pred = unpatchify(self.decoder(self.encoder(visible.view_as(x))), self.config.patch_size, self.config.image_shape)
+    with torch.autocast(x.device.type, enabled=False):
+        err = (pred.flatten(1).float() @ V.T - coef).pow(2)                  # (N, m + 1)
+        hidden = torch.ones(1, len(idx), dtype=torch.bool, device=x.device)  # (1, m) every column but the last is hidden
+        loss = average_errors(err[:, :-1], hidden, mask.longest, err[:, -1], self.loss_norm)
+    return Reconstruction(loss, pred, mask.hidden)
+
 
 # %% ../nbs/06_pmae.ipynb #a46a2281
 def pmae_parts(model: PMAE, images: Tensor, out: Reconstruction) -> dict[str, Tensor]:

@@ -6,27 +6,31 @@ Docs: https://github.com/pmae-dev/pmae/reproduce.html.md"""
 
 # %% ../nbs/12_reproduce.ipynb #eff52afa
 from __future__ import annotations
-import datetime, functools, os, platform, re, subprocess, tempfile, time
+import datetime, functools, json, math, os, platform, re, subprocess, tempfile, time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from fastcore.basics import patch
 
 import pmae
 from .data import (MEDMNIST, DataNotFoundError, ImageDataset, load_dataset, load_photos_data, small_subset,
                        source_paths, write_cifar10_pickles, write_medmnist_npz, write_tinyimagenet)
 from .pca import PCABasis
-from .masking import get_masking
-from .learner import Processes, StepTimerCB
-from .train import PretrainConfig, build_model, float32_matmul, load_training_data, model_config, pretrain, pretrain_batches, pretrain_learner
-from .probe import ProbeConfig, images_sha256, run_probe
-from .core import device_name, git_commit, loaded_commit, pick_device, write_json
+from .masking import ComponentMasking, get_masking
+from .learner import Processes, StepTimerCB, read_metrics
+from .train import (PretrainConfig, build_model, float32_matmul, load_model, load_training_data, model_config,
+                        predict_nothing_loss, pretrain, pretrain_batches, pretrain_learner, read_checkpoint)
+from .probe import ProbeConfig, fast_probe, images_sha256, knn_sweep, probe_json_path, run_probe
+from .core import device_name, git_commit, loaded_commit, pick_device, sha256_file, write_json
+
 
 # %% auto #0
 __all__ = ['DATASETS', 'BUDGETS', 'STAND_IN', 'PROVENANCE', 'PROBE_KEYS', 'DatasetSpec', 'dataset_spec', 'Budget', 'get_budget',
-           'Job', 'default_jobs', 'job_config', 'write_stand_in', 'data_root', 'data_copy', 'random_basis',
-           'step_seconds', 'probe_passes', 'estimate', 'plan_table', 'fmt_seconds', 'BudgetError', 'RunStopped',
-           'check_device', 'probe_config', 'learning_curve', 'result_path', 'pretrain_job', 'job_provenance', 'run_job',
+           'semantics_label', 'Job', 'default_jobs', 'job_config', 'write_stand_in', 'data_root', 'data_copy',
+           'random_basis', 'step_seconds', 'probe_passes', 'estimate', 'plan_table', 'fmt_seconds', 'BudgetError',
+           'RunStopped', 'check_device', 'probe_config', 'snapshot_probe', 'pretext_losses', 'snapshots',
+           'learning_curve', 'result_path', 'pretrain_job', 'job_provenance', 'run_job', 'raw_pixel_yardstick',
            'reproduce']
 
 # %% ../nbs/12_reproduce.ipynb #3c04ebbc
@@ -65,10 +69,14 @@ class Budget:
     needs_gpu: bool = False
     compile: bool = False      # compile the training step (worth its start-up only on a GPU)
     save_every: int = 10       # checkpoint every N epochs (and at the end, and on a stop)
+    image_size: int = 0        # resize every data set to this side (0: the paper's size)
+    curve: tuple = ()          # epochs of the learning curve, every probe at each (): the fast probe at each quarter
+    hidden_projection: bool = False   # PMAE's hidden-only projection (chapter 06): the CPU budgets
 
     def patch_size(self, size: int) -> int:
         "Patch side for images of side `size` (0: the model's own)."
         return size // self.grid if self.grid else 0
+
 
 # %% ../nbs/12_reproduce.ipynb #3b15f516
 BUDGETS = {b.name: b for b in (
@@ -76,6 +84,9 @@ BUDGETS = {b.name: b for b in (
            probes=('fast', 'knn'), probe_epochs=None),
     Budget('cpu', 'micro', 8, epochs=8, batch_size=256, base_lr=1.5e-4, warmup_epochs=1, warmup='linear', limit=0,
            probes=('fast', 'knn'), probe_epochs=None),
+    Budget('laptop', 'mini', 4, epochs=100, batch_size=256, base_lr=1e-3, warmup_epochs=5, warmup='exponential', limit=0,
+           probes=('fast', 'knn'), probe_epochs=None, save_every=1, image_size=16, curve=(5, 10, 20, 40, 70, 100),
+           hidden_projection=True),
     Budget('paper', 'vit_tiny', 0, epochs=800, batch_size=512, base_lr=1.5e-4, warmup_epochs=40, warmup='exponential', limit=0,
            probes=('linear', 'mlp', 'knn'), probe_epochs=None, needs_gpu=True, compile=True, save_every=50))}
 
@@ -85,46 +96,75 @@ def get_budget(budget: str | Budget) -> Budget:
     if budget not in BUDGETS: raise ValueError(f"unknown budget {budget!r}: choose one of {', '.join(BUDGETS)}")
     return BUDGETS[budget]
 
+
 # %% ../nbs/12_reproduce.ipynb #82130749
+def semantics_label(method: str, cut: str = 'as_run', loss_norm: str = 'as_run', norm_pix: bool = False) -> str:
+    "How a run departs from what the reference code ran, in words ('' when it ran the same): e.g. 'as written', 'norm-pix'."
+    if not isinstance(get_masking(method), ComponentMasking): return 'norm-pix' if norm_pix else ''
+    if cut == 'closest' and loss_norm == 'hidden': return 'as written'
+    return ', '.join(w for w, on in (('closest cut', cut == 'closest'), ('hidden-mean loss', loss_norm == 'hidden')) if on)
+
 @dataclass(frozen=True)
 class Job:
-    "One pre-training run of a reproduction: masking preset `method` at `ratio` (0: the preset's own)."
+    "One pre-training run of a reproduction: masking preset `method` at `ratio` (0: the preset's own), with its semantics."
     method: str
     ratio: float = 0.0
+    cut: str = 'as_run'           # PMAE's cut (chapter 03): the reference code's, or 'closest' (the paper's text)
+    loss_norm: str = 'as_run'     # PMAE's loss average (chapter 06): the reference code's, or 'hidden'
+    norm_pix: bool = False        # MAE: per-patch normalised targets (the MAE paper's recipe, not what the reference ran)
+    stop_epoch: int = 0           # stop (resumably) at this epoch of the budget's schedule; 0: run it all
 
     @property
-    def tag(self) -> str: return self.method if not self.ratio else f"{self.method}_{self.ratio:g}"
+    def label(self) -> str: return semantics_label(self.method, self.cut, self.loss_norm, self.norm_pix)
+    @property
+    def tag(self) -> str:
+        base = self.method if not self.ratio else f"{self.method}_{self.ratio:g}"
+        return base + ''.join(f"_{w}" for w in self.label.replace('-', '').replace(',', '').split() if w not in ('cut', 'loss'))
 
-    def row(self, dataset: str) -> str:
-        "The job's row name in the paper's tables."
-        r = self.ratio or getattr(get_masking(self.method), 'ratio', 0)                  # 0: the preset's own ratio
-        if self.method == 'mae_std': return 'MAE_std' if r == 0.75 else f"MAE p={r:g}"
-        if self.method == 'pmae': return 'PMAE_ocl' if r == dataset_spec(dataset).ocl else f"PMAE r={r:g}"
-        return {'mae_rd': 'MAE_rd', 'pmae_rd': 'PMAE_rd'}.get(self.method, self.method)
 
-    def hidden(self) -> str:
-        "What the job hides, in words."
-        return str(get_masking(self.method, self.ratio or None))
+# %% ../nbs/12_reproduce.ipynb #19870d54
+@patch
+def row(self: Job, dataset: str) -> str:
+    "The job's row name in the paper's tables, with its departure from the reference's semantics, if any."
+    r = self.ratio or getattr(get_masking(self.method), 'ratio', 0)                  # 0: the preset's own ratio
+    if self.method == 'mae_std': name = 'MAE_std' if r == 0.75 else f"MAE p={r:g}"
+    elif self.method == 'pmae': name = 'PMAE_ocl' if r == dataset_spec(dataset).ocl else f"PMAE r={r:g}"
+    else: name = {'mae_rd': 'MAE_rd', 'pmae_rd': 'PMAE_rd'}.get(self.method, self.method)
+    return f"{name}, {self.label}" if self.label else name
+
+@patch
+def hidden(self: Job) -> str:
+    "What the job hides, in words."
+    return str(get_masking(self.method, self.ratio or None, **({'cut': self.cut} if self.method.startswith('pmae') else {})))
+
 
 # %% ../nbs/12_reproduce.ipynb #8c59d2ae
 def default_jobs(dataset: str, budget: str | Budget) -> list[Job]:
-    "The jobs a budget runs on `dataset`: MAE_std and PMAE at the paper's ratio and at 20%; the paper's budget adds the `_rd` variants."
-    ocl = dataset_spec(dataset).ocl
+    "The jobs a budget runs on `dataset`: MAE_std and PMAE at the paper's ratio and at 20%; the paper's adds `_rd`; the laptop's, contrasts."
+    ocl, name = dataset_spec(dataset).ocl, get_budget(budget).name
     pmae_jobs = [Job('pmae', ocl)] + ([Job('pmae', 0.2)] if ocl != 0.2 else [])
-    if get_budget(budget).name == 'paper': return [Job('mae_std'), Job('mae_rd'), *pmae_jobs, Job('pmae_rd')]
+    if name == 'paper': return [Job('mae_std'), Job('mae_rd'), *pmae_jobs, Job('pmae_rd')]
+    if name == 'laptop':   # the key pair for the whole schedule; the contrasts stop at epoch 40 of the same schedule
+        return [Job('mae_std'), Job('pmae', ocl), Job('pmae', ocl, cut='closest', loss_norm='hidden', stop_epoch=40),
+                Job('mae_std', norm_pix=True, stop_epoch=40), *[replace(j, stop_epoch=40) for j in pmae_jobs[1:]]]
     return [Job('mae_std'), *pmae_jobs]
+
 
 # %% ../nbs/12_reproduce.ipynb #2a6f5ce1
 def job_config(dataset: str, job: Job, budget: str | Budget, root='data', runs='runs', device='auto',
                compile: bool | None = None, compile_mode: str = 'default', save_every: int | None = None) -> PretrainConfig:
     "The pre-training configuration of `job` on `dataset` at `budget` (compilation and saving: the budget's unless given)."
     spec, b = dataset_spec(dataset), get_budget(budget)
-    return PretrainConfig(dataset=dataset, data_root=str(root), image_size=spec.size if dataset in MEDMNIST else 0,
-                          limit=b.limit, method=job.method, ratio=job.ratio, model=b.model, patch_size=b.patch_size(spec.size),
+    size = b.image_size or spec.size
+    keep = math.gcd(*b.curve) if b.curve else max(1, b.epochs // 4)            # snapshots at every point of the curve
+    return PretrainConfig(dataset=dataset, data_root=str(root), image_size=size if dataset in MEDMNIST or b.image_size else 0,
+                          limit=b.limit, method=job.method, ratio=job.ratio, cut=job.cut, loss_norm=job.loss_norm,
+                          norm_pix=job.norm_pix, model=b.model, patch_size=b.patch_size(size),
                           epochs=b.epochs, batch_size=b.batch_size, base_lr=b.base_lr, warmup_epochs=b.warmup_epochs,
-                          warmup=b.warmup, keep_every=max(1, b.epochs // 4), out=str(Path(runs) / dataset / b.name / job.tag),
+                          warmup=b.warmup, keep_every=keep, out=str(Path(runs) / dataset / b.name / job.tag),
                           device=str(device), compile=b.compile if compile is None else compile, compile_mode=compile_mode,
-                          save_every=save_every or b.save_every)
+                          save_every=save_every or b.save_every, hidden_projection=b.hidden_projection)
+
 
 # %% ../nbs/12_reproduce.ipynb #f15af5de
 STAND_IN = 'STAND-IN'
@@ -195,7 +235,7 @@ def estimate(dataset: str, jobs: list[Job], budget: str | Budget, n_train: int, 
     for job in jobs:
         per_image = step_seconds(job_config(dataset, job, b, device=device, **runtime), shape, n_train, device)
         probes = sum(probe_passes(b, k) for k in b.probes) + (b.epochs // max(1, b.epochs // 4)) / 3   # + learning-curve probes
-        rows.append(dict(job=job.tag, row=job.row(dataset), hidden=job.hidden(), pretrain_s=per_image * n_train * b.epochs,
+        rows.append(dict(job=job.tag, row=job.row(dataset), hidden=job.hidden(), pretrain_s=per_image * n_train * (job.stop_epoch or b.epochs),
                          probe_s=per_image * n_train * probes))
     return rows
 
@@ -236,15 +276,53 @@ def probe_config(budget: Budget, kind: str, device='auto') -> ProbeConfig:
 PROBE_KEYS = ('kind', 'accuracy', 'best_acc', 'best_epoch', 'final_acc', 'best_k', 'sweep', 'history', 'n_train', 'n_test',
               'eval_split', 'checkpoint_sha256', 'checkpoint_epoch', 'wall_s', 'config')   # what a results file keeps of a probe
 
-def learning_curve(run_dir, kind: str = 'fast', device='auto') -> list[dict]:
-    "Probe accuracy (`kind`) of every kept snapshot `epoch_NNNN.pt` of a run."
-    snapshots = sorted(p for p in Path(run_dir).glob('epoch_*.pt') if re.fullmatch(r'epoch_\d+\.pt', p.name))   # not feature caches
-    cfg = ProbeConfig(kind, device=str(device))
-    return [dict(epoch=int(p.stem.split('_')[1]), accuracy=run_probe(p, cfg, verbose=False)['accuracy']) for p in snapshots]
+def snapshot_probe(snapshot, cfg: ProbeConfig) -> dict:
+    "Probe `cfg.kind` of a snapshot: its saved JSON when that was written for these very weights, else a new run."
+    path = probe_json_path(snapshot, cfg.kind)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get('checkpoint_sha256') == sha256_file(snapshot) and saved.get('config', {}).get('kind') == cfg.kind: return saved
+    return run_probe(snapshot, cfg, verbose=False)
+
+
+# %% ../nbs/12_reproduce.ipynb #5c3a20d9
+@torch.no_grad()
+def pretext_losses(snapshot, images, batch_size: int = 256, seed: int = 0) -> dict:
+    "A snapshot's mean pretext loss on held-out uint8 `images` in batches, and predict-nothing's on the same masks."
+    model, g = load_model(snapshot), torch.Generator().manual_seed(seed)
+    loss = nothing = 0.0
+    batches = images.split(batch_size)
+    for x in batches:
+        mask = model.draw_masks(len(x), g)
+        loss += float(model(x, mask).loss) / len(batches)
+        nothing += predict_nothing_loss(model, x, mask=mask) / len(batches)
+    return dict(pretext_loss=loss, predict_nothing=nothing)
+
+
+# %% ../nbs/12_reproduce.ipynb #39481c6d
+def snapshots(run_dir) -> dict[int, Path]:
+    "A run's kept weight snapshots `epoch_NNNN.pt` by epoch (not their feature caches)."
+    return {int(p.stem.split('_')[1]): p for p in sorted(Path(run_dir).glob('epoch_*.pt')) if re.fullmatch(r'epoch_\d+\.pt', p.name)}
+
+def learning_curve(run_dir, budget: str | Budget = 'smoke', device='auto', held_out: int = 2048) -> list[dict]:
+    "At each snapshot on the budget's curve: pre-training seconds so far and every probe; with a curve, the held-out pretext loss."
+    b, seconds = get_budget(budget), read_metrics(run_dir)
+    points, images = [], None
+    for epoch, snap in snapshots(run_dir).items():
+        if b.curve and epoch not in b.curve: continue
+        point = dict(epoch=epoch, wall_s=round(sum(m['epoch_s'] for m in seconds if m['epoch'] <= epoch), 1))
+        for kind in (b.probes if b.curve else ('fast',)): point[kind] = snapshot_probe(snap, probe_config(b, kind, device))['accuracy']
+        point['accuracy'] = point['fast']                                       # the curve's headline probe
+        if b.curve:
+            if images is None: images = load_training_data(PretrainConfig.from_dict(read_checkpoint(snap)['config'])).eval.images[:held_out]
+            point.update(pretext_losses(snap, images))
+        points.append(point)
+    return points
 
 def result_path(results, dataset: str, budget: str, job: Job) -> Path:
     "Where a job's results JSON lives."
     return Path(results) / dataset / budget / f'{job.tag}.json'
+
 
 # %% ../nbs/12_reproduce.ipynb #854ae4b0
 def pretrain_job(cfg: PretrainConfig, budget: Budget, job: Job, time_limit=None, stop_epoch: int | None = None, verbose=True) -> dict:
@@ -268,23 +346,45 @@ def job_provenance(cfg: PretrainConfig, budget: Budget, summary: dict, started: 
 # %% ../nbs/12_reproduce.ipynb #2f9c90e6
 def run_job(dataset: str, job: Job, budget: str | Budget, root='data', runs='runs', results='results', device='auto',
             time_limit: float | None = None, verbose: bool = True, stop_epoch: int | None = None, **runtime) -> dict:
-    "Pre-train `job` (all of the budget's epochs, or up to `stop_epoch`), probe it, write its results JSON; `runtime`: `job_config`'s."
+    "Pre-train `job` (the budget's epochs, or to `stop_epoch` or the job's own), probe it, write its results JSON; `runtime`: `job_config`'s."
     started, b = time.time(), get_budget(budget)
     loaded_commit()                                                   # the code as it was when the run started
     cfg = job_config(dataset, job, b, root, runs, device, **runtime)
-    summary = pretrain_job(cfg, b, job, time_limit, stop_epoch, verbose)
+    summary = pretrain_job(cfg, b, job, time_limit, stop_epoch or job.stop_epoch or None, verbose)
     probes = {}
     for kind in b.probes:
         r = run_probe(summary['checkpoint'], probe_config(b, kind, device), verbose=verbose)
         probes[kind] = {k: r[k] for k in PROBE_KEYS if k in r}
     result = dict(dataset=dataset, label=dataset_spec(dataset).label, job=job.tag, method=job.method, ratio=job.ratio,
-                  row=job.row(dataset), hidden=job.hidden(), budget=b.name, model=b.model, epochs=summary['epochs_done'],
-                  schedule_epochs=b.epochs, pretrain=dict(final_loss=summary['final_epoch_loss'], images_per_s=summary['images_per_s'],
-                  wall_s=summary['wall_s'], steps=summary['step'], config=summary['config']),
-                  probes=probes, curve=dict(probe='fast', points=learning_curve(cfg.run_dir, device=device)),
+                  row=job.row(dataset), hidden=job.hidden(), semantics=cfg.semantics(), budget=b.name, model=b.model,
+                  epochs=summary['epochs_done'], schedule_epochs=b.epochs,
+                  pretrain=dict(final_loss=summary['final_epoch_loss'], images_per_s=summary['images_per_s'], wall_s=summary['wall_s'],
+                                seconds=round(sum(m['epoch_s'] for m in read_metrics(cfg.run_dir)), 1), steps=summary['step'],
+                                config=summary['config']),
+                  probes=probes, curve=dict(probe='fast', points=learning_curve(cfg.run_dir, b, device)),
                   provenance=job_provenance(cfg, b, summary, started))
     write_json(result, result_path(results, dataset, b.name, job))
     return result
+
+
+# %% ../nbs/12_reproduce.ipynb #afa9d561
+def raw_pixel_yardstick(dataset: str, budget: str | Budget, root='data', results='results', device='auto') -> dict:
+    "The budget's probes on the raw pixels (scaled to [0, 1]) at its resolution, written to `extra/raw_pixels.json` (read if there)."
+    b = get_budget(budget)
+    path = Path(results) / dataset / b.name / 'extra' / 'raw_pixels.json'
+    if path.is_file(): return json.loads(path.read_text())
+    t0, cfg = time.time(), job_config(dataset, Job('mae_std'), b, root)
+    ds, device = load_training_data(cfg), pick_device(device)
+    flat = lambda images: (images.flatten(1).float() / 255).to(device)                   # (N, C*H*W)
+    train_x, test_x, test_y = flat(ds.train.images), flat(ds.eval.images), ds.eval.labels.to(device)
+    probes = {'fast': fast_probe(train_x, ds.train.labels.to(device), test_x, test_y, ds.n_classes)['accuracy'],
+              'knn': knn_sweep(train_x, ds.train.labels, test_x, test_y, n_classes=ds.n_classes)['accuracy']}
+    result = dict(dataset=dataset, budget=b.name, image_size=ds.shape[-1], probes={k: v for k, v in probes.items() if k in b.probes},
+                  data_copy=data_copy(ds, cfg.data_root), n_train=len(ds.train), n_eval=len(ds.eval), commit=loaded_commit(),
+                  device=device_name(device), wall_s=round(time.time() - t0, 1))
+    write_json(result, path)
+    return result
+
 
 # %% ../nbs/12_reproduce.ipynb #3d0761f1
 def reproduce(dataset: str, budget: str | Budget = 'smoke', jobs: list[Job] | None = None, root='data', runs='runs',
@@ -298,5 +398,7 @@ def reproduce(dataset: str, budget: str | Budget = 'smoke', jobs: list[Job] | No
     root = data_root(dataset, b, root, Path(runs) / 'stand-ins')
     ds = load_training_data(job_config(dataset, jobs[0], b, root, runs))
     if verbose: print(plan_table(dataset, b, estimate(dataset, jobs, b, len(ds.train), ds.shape, device, **runtime), len(ds.train), device))
+    if b.curve: raw_pixel_yardstick(dataset, b, root, results, device)
     left = lambda: None if time_limit is None else max(time_limit - (time.time() - t0), 0.0)   # seconds left to spend
     return [run_job(dataset, job, b, root, runs, results, device, left(), verbose, stop_epoch, **runtime) for job in jobs]
+

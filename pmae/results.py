@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .reproduce import DATASETS, PROVENANCE, dataset_spec
+from .reproduce import DATASETS, PROVENANCE, dataset_spec, semantics_label
 
 # %% auto #0
-__all__ = ['PAPER_COLUMNS', 'PAPER_TABLE', 'PAPER_SWEEP', 'SWEEP_RATIOS', 'PAPER_CURVE', 'PROBE_NAMES', 'REQUIRED', 'PROBE_ORDER',
-           'ROW_ORDER', 'paper_value', 'ProvenanceError', 'check_result', 'load_results', 'paper_results',
-           'results_rows', 'row_key', 'table1', 'plot_results', 'sweep_points', 'plot_sweep', 'plot_curve']
+__all__ = ['PAPER_COLUMNS', 'PAPER_TABLE', 'PAPER_SWEEP', 'SWEEP_RATIOS', 'PAPER_CURVE', 'PROBE_NAMES', 'REQUIRED', 'LEGACY',
+           'PROBE_ORDER', 'ROW_ORDER', 'paper_value', 'ProvenanceError', 'check_result', 'with_semantics',
+           'load_results', 'paper_results', 'results_rows', 'row_key', 'table1', 'plot_results', 'sweep_points',
+           'plot_sweep', 'plot_curve']
 
 # %% ../nbs/13_results.ipynb #b2ac4a47
 PAPER_COLUMNS = ('cifar10', 'tinyimagenet', 'dermamnist', 'bloodmnist', 'pathmnist')
@@ -64,16 +65,27 @@ def check_result(result: dict, where: str = 'result') -> dict:
     return result
 
 # %% ../nbs/13_results.ipynb #7e8adec2
+LEGACY = dict(cut='closest', loss_norm='hidden', norm_pix=True)   # what results written before the semantics switches ran
+
+def with_semantics(result: dict) -> dict:
+    "`result` with its `semantics` recorded (a file written before the switches: the semantics it ran) and its row named by them."
+    if 'semantics' in result: return result
+    sem = {**LEGACY, **result.get('pretrain', {}).get('config', {})}
+    sem = {k: sem[k] for k in LEGACY}
+    label = semantics_label(result.get('method', 'pmae' if 'PMAE' in result['row'] else 'mae_std'), **sem)
+    return {**result, 'semantics': sem, 'row': f"{result['row']}, {label}" if label and label not in result['row'] else result['row']}
+
 def load_results(root='results', budget: str | None = None, dataset: str | None = None) -> list[dict]:
-    "Every results file under `root/<data set>/<budget>/`, checked; optionally of one budget or data set."
+    "Every results file under `root/<data set>/<budget>/`, checked and labelled with its semantics; optionally of one budget or data set."
     files = sorted(f for name in DATASETS for f in (Path(root) / name).glob('*/*.json'))
     out = []
     for f in files:
         try: r = json.loads(f.read_text())
         except json.JSONDecodeError as e: raise ProvenanceError(f"{f}: not valid JSON ({e})") from None
-        r = check_result(r, str(f))
+        r = with_semantics(check_result(r, str(f)))
         if (budget is None or r['budget'] == budget) and (dataset is None or r['dataset'] == dataset): out.append(r)
     return out
+
 
 # %% ../nbs/13_results.ipynb #c644cf5e
 def paper_results() -> list[dict]:
@@ -95,7 +107,7 @@ def results_rows(results: list[dict]) -> list[dict]:
     for r in results:
         check_result(r)
         for kind, p in r['probes'].items():
-            paper = paper_value(kind, r['row'], r['dataset'])
+            paper = None if ', ' in r['row'] else paper_value(kind, r['row'], r['dataset'])   # the paper ran the reference's semantics
             rows.append(dict(probe=kind, row=r['row'], dataset=r['dataset'], budget=r['budget'], epochs=r['epochs'],
                              ours=p['accuracy'], paper=paper, diff=None if paper is None else round(p['accuracy'] - paper, 2),
                              device=r['provenance']['device']))
@@ -104,10 +116,11 @@ def results_rows(results: list[dict]) -> list[dict]:
 PROBE_ORDER, ROW_ORDER = ('linear', 'fast', 'mlp', 'finetune', 'knn'), ('MAE_std', 'MAE_ocl', 'PMAE_ocl', 'MAE_rd', 'PMAE_rd')
 
 def row_key(row: str):
-    "Sort key of a method row: the paper's order, then other ratios by value."
-    if row in ROW_ORDER: return (ROW_ORDER.index(row), 0.0, row)
-    ratio = row.split('=')[-1]
-    return (len(ROW_ORDER) + row.upper().startswith('PMAE'), float(ratio) if '=' in row else 0.0, row)
+    "Sort key of a method row: the paper's order, then other ratios by value; a row's semantics label after its name."
+    base, _, label = row.partition(', ')
+    if base in ROW_ORDER: return (ROW_ORDER.index(base), 0.0, label)
+    ratio = base.split('=')[-1]
+    return (len(ROW_ORDER) + base.upper().startswith('PMAE'), float(ratio) if '=' in base else 0.0, row)
 
 # %% ../nbs/13_results.ipynb #6c708107
 def table1(rows: list[dict], paper_only: bool = False) -> str:
@@ -149,10 +162,11 @@ def plot_results(rows: list[dict], budget: str | None = None):
 
 # %% ../nbs/13_results.ipynb #c7bd4d7a
 def sweep_points(results: list[dict], dataset: str, probe: str) -> dict[str, list[tuple]]:
-    "(ratio, accuracy) of PMAE by hidden variance and of MAE by hidden patches, from the fixed-ratio runs of `dataset`."
+    "(ratio, accuracy) of PMAE by hidden variance and of MAE by hidden patches, from the fixed-ratio runs of `dataset` (one semantics: rows without a label)."
     pts = {'pmae': [], 'mae': []}
     for r in results:
         if r['dataset'] != dataset or probe not in r['probes'] or r.get('method') not in ('pmae', 'mae_std'): continue
+        if ', ' in r['row']: continue                                   # a contrast ('as written', 'norm-pix'): not on the sweep
         ratio = r.get('ratio') or (0.75 if r['method'] == 'mae_std' else 0.2)
         pts['pmae' if r['method'] == 'pmae' else 'mae'].append((ratio, r['probes'][probe]['accuracy']))
     return {k: sorted(v) for k, v in pts.items()}

@@ -23,20 +23,20 @@ from .pca import PCABasis, fit_pca, pixel_stats
 from .core import (Config, ConfigError, atomic_save, autocast_dtype, check_images, option, pick_device, read_saved,
                        sha256_file)
 from .augment import AugmentedImages, apply_crops, crop_params
-from .masking import MASKINGS, ComponentMasking, PatchMask, PatchMasking, get_masking, mask_at
+from .masking import CUTS, MASKINGS, ComponentMasking, PatchMask, PatchMasking, get_masking, mask_at
 from .mae import CONFIGS, MAE, MaskedAutoencoder, ViTConfig, vit_config
-from .pmae import PMAE, PMAE_LOSSES
+from .pmae import LOSS_NORMS, PMAE, PMAE_LOSSES
 from .learner import (COMPILE_MODES, CheckpointCB, CompileCB, DDPCB, DivergenceCB, Learner, MetricsCB, Processes,
                           ProgressCB, StopCB, TrainingDiverged, barrier, init_processes, lr_factor, WARMUPS, read_metrics, restore_learner)
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_KEYS', 'DataSettings', 'MaskSettings', 'OptimSettings', 'RunSettings', 'PretrainConfig',
-           'load_training_data', 'model_config', 'prepare_basis', 'build_model', 'rank_rows', 'epoch_seed',
-           'epoch_order', 'draw_masks', 'epoch_draws', 'draw_bytes', 'to_device', 'memory_batches', 'loader_batches',
-           'pretrain_batches', 'CheckpointMismatchError', 'read_checkpoint', 'check_resume', 'load_encoder',
-           'save_encoder', 'pretrain_loss', 'make_optimizer', 'make_schedule', 'pretrain_learner', 'float32_matmul',
-           'RunParts', 'open_run', 'pretrain_callbacks', 'pretrain_summary', 'pretrain', 'load_model',
-           'predict_nothing_loss']
+__all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_KEYS', 'LEGACY_SEMANTICS', 'DataSettings', 'MaskSettings', 'OptimSettings',
+           'RunSettings', 'PretrainConfig', 'load_training_data', 'hold_out', 'model_config', 'prepare_basis',
+           'build_model', 'rank_rows', 'epoch_seed', 'epoch_order', 'epoch_draws', 'draw_bytes', 'to_device',
+           'memory_batches', 'loader_batches', 'pretrain_batches', 'CheckpointMismatchError', 'read_checkpoint',
+           'check_resume', 'load_encoder', 'save_encoder', 'pretrain_loss', 'make_optimizer', 'make_schedule',
+           'pretrain_learner', 'float32_matmul', 'RunParts', 'open_run', 'pretrain_callbacks', 'pretrain_summary',
+           'pretrain', 'load_model', 'predict_nothing_loss']
 
 # %% ../nbs/08_train.ipynb #ea8f20ca
 @dataclass
@@ -47,6 +47,7 @@ class DataSettings(Config):
     download: bool = option(False, "allow downloading a missing data set")
     image_size: int = option(0, "resize the data set's images (0: native; MedMNIST: 64)")
     limit: int = option(0, "use a fixed random subset of N training images (0: all)")
+    holdout: int = option(0, "pilots: hold out N training images as the evaluation split (the test split is not read)")
 
 @dataclass
 class MaskSettings(Config):
@@ -55,9 +56,13 @@ class MaskSettings(Config):
     ratio: float = option(0.0, "fixed mask ratio overriding the preset's (0: the preset's)")
     per_sample: bool = option(False, "PMAE: one component mask per image instead of per batch")
     loss: str = option('components', "PMAE loss: 'components' (Eq. 3.1) or 'pixels' (Eq. A.1)")
-    model: str = option('vit_tiny', "model: vit_tiny (the paper's), vit_tiny_3h, vit_small, vit_base, micro")
+    cut: str = option('as_run', "PMAE: 'as_run' (the reference code: the crossing component stays visible) or 'closest' (the paper's text)")
+    loss_norm: str = option('as_run', "PMAE: 'as_run' (the reference's padded mean) or 'hidden' (mean over hidden components)")
+    norm_pix: bool = option(False, "MAE: standardise each target patch (the MAE paper's recipe; the PMAE reference ran without)")
+    model: str = option('vit_tiny', "model: vit_tiny (the paper's), vit_tiny_3h, vit_small, vit_base, mini, micro")
     patch_size: int = option(0, "override the model's patch size (0: the configuration's, 8)")
     pca: str = option('', "PCA file from `pmae pca` ('': fit on the training images and save it in the run folder)")
+
 
 # %% ../nbs/08_train.ipynb #3ea44af5
 @dataclass
@@ -91,6 +96,7 @@ class RunSettings(Config):
     keep_every: int = option(0, "also keep a snapshot of the weights every N epochs (0: none)")
     background_save: bool = option(True, "write checkpoints on a background thread while training goes on")
     log_every: int = option(50, "update the progress bar and check the loss every N steps")
+    hidden_projection: bool = option(False, "PMAE on a CPU: project on the hidden components only (same loss, faster; chapter 06)")
 
 # %% ../nbs/08_train.ipynb #cefe8c5a
 @dataclass
@@ -108,26 +114,30 @@ class PretrainConfig(RunSettings, OptimSettings, MaskSettings, DataSettings):
     def masking(self):
         "The masking strategy this configuration names."
         m = get_masking(self.method, self.ratio or None)
-        return replace(m, per_sample=True) if self.per_sample and isinstance(m, ComponentMasking) else m
+        return replace(m, per_sample=self.per_sample, cut=self.cut) if isinstance(m, ComponentMasking) else m
+
+    def semantics(self) -> dict:
+        "The three switches where the reference code and the paper's text differ, as this run sets them."
+        return dict(cut=self.cut, loss_norm=self.loss_norm, norm_pix=self.norm_pix)
 
 # %% ../nbs/08_train.ipynb #c66b0396
 @patch
 def check_values(self: PretrainConfig):
     "Refuse a value outside its choices or range, with a one-line `ConfigError`."
-    choices = dict(dataset=LOADERS, method=MASKINGS, model=CONFIGS, loss=PMAE_LOSSES, warmup=WARMUPS,
+    choices = dict(dataset=LOADERS, method=MASKINGS, model=CONFIGS, loss=PMAE_LOSSES, cut=CUTS, loss_norm=LOSS_NORMS, warmup=WARMUPS,
                    precision=('auto', 'bf16', 'fp16', 'fp32'), pipeline=('memory', 'loader'), compile_mode=COMPILE_MODES)
     for k, options in choices.items():
         if getattr(self, k) not in options: raise ConfigError(f"{k} must be one of {', '.join(options)}; got {getattr(self, k)!r}")
     for k in ('epochs', 'batch_size', 'save_every', 'log_every'):
         if getattr(self, k) < 1: raise ConfigError(f"{k} must be at least 1, got {getattr(self, k)}")
-    for k in ('limit', 'image_size', 'patch_size', 'warmup_epochs', 'keep_every', 'workers', 'draw_steps'):
+    for k in ('limit', 'holdout', 'image_size', 'patch_size', 'warmup_epochs', 'keep_every', 'workers', 'draw_steps'):
         if getattr(self, k) < 0: raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
     if self.ratio and not 0 < self.ratio < 1: raise ConfigError(f"ratio must be strictly between 0 and 1, got {self.ratio}")
     if self.base_lr <= 0 or self.weight_decay < 0 or self.clip_grad < 0: raise ConfigError("base_lr must be > 0, weight_decay and clip_grad >= 0")
 
 # %% ../nbs/08_train.ipynb #63375667
 def load_training_data(cfg: PretrainConfig) -> ImageDataset:
-    "The configured data set, resized and limited as asked."
+    "The configured data set, resized, limited and split as asked."
     ds = load_dataset(cfg.dataset, cfg.data_root, cfg.download, size=cfg.image_size or None)
     if cfg.image_size and ds.shape[-1] != cfg.image_size:
         resize = lambda x: F.interpolate(x.float(), size=cfg.image_size, mode='bicubic', antialias=True).round().clamp(0, 255).to(torch.uint8)
@@ -135,13 +145,22 @@ def load_training_data(cfg: PretrainConfig) -> ImageDataset:
     if cfg.limit and cfg.limit < len(ds.train):   # a fixed random subset (files are often sorted by class)
         keep = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))[:cfg.limit].sort().values
         ds = replace(ds, train=replace(ds.train, images=ds.train.images[keep], labels=ds.train.labels[keep]))
-    return ds
+    return hold_out(ds, cfg.holdout) if cfg.holdout else ds
+
+def hold_out(ds: ImageDataset, n: int) -> ImageDataset:
+    "`ds` with a fixed random `n` of its training images as the evaluation split, for pilots that must not see the test split."
+    if not 0 < n < len(ds.train): raise ConfigError(f"holdout must be between 1 and {len(ds.train) - 1} training images, got {n}")
+    order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(1))
+    held, kept = order[:n].sort().values, order[n:].sort().values
+    split = lambda idx: replace(ds.train, images=ds.train.images[idx], labels=ds.train.labels[idx])
+    return replace(ds, train=split(kept), eval=split(held), eval_split=f'held-out train ({n})')
 
 def model_config(cfg: PretrainConfig, shape: tuple) -> ViTConfig:
     "The ViT configuration for images of `shape` (C, H, W)."
     c, h, w = shape
     if h != w: raise ConfigError(f"the ViT reads square images; {cfg.dataset} has {h}x{w}")
     return vit_config(cfg.model, img_size=h, in_chans=c, **({'patch_size': cfg.patch_size} if cfg.patch_size else {}))
+
 
 # %% ../nbs/08_train.ipynb #7c4de0ec
 def prepare_basis(cfg: PretrainConfig, images: Tensor, run_dir: Path, device=None) -> tuple[PCABasis | None, str, tuple]:
@@ -162,18 +181,20 @@ def prepare_basis(cfg: PretrainConfig, images: Tensor, run_dir: Path, device=Non
 def build_model(cfg: PretrainConfig, vit: ViTConfig, basis: PCABasis | None, stats: tuple) -> MaskedAutoencoder:
     "The MAE or PMAE this configuration describes, initialised from `cfg.seed`."
     torch.manual_seed(cfg.seed)
-    if not cfg.is_pmae: return MAE(vit, cfg.masking(), mean=stats[0], std=stats[1])
-    model = PMAE(vit, basis, cfg.masking(), loss=cfg.loss)
+    if not cfg.is_pmae: return MAE(vit, cfg.masking(), norm_pix_loss=cfg.norm_pix, mean=stats[0], std=stats[1])
+    model = PMAE(vit, basis, cfg.masking(), loss=cfg.loss, loss_norm=cfg.loss_norm, hidden_only=cfg.hidden_projection)
     model.decoder.mask_token.requires_grad_(False)    # PMAE drops no token: the mask token is never used (DDP must not wait for it)
     return model
 
+
 # %% ../nbs/08_train.ipynb #8faa831f
 def rank_rows(x, procs: Processes):
-    "This process's share of a global batch: its rows of `x` (a tensor or a `PatchMask`); per-batch masks and counts are shared."
-    if isinstance(x, PatchMask): return PatchMask(*(rank_rows(t, procs) for t in x))
+    "This process's share of a global batch: its rows of `x` (a tensor, `PatchMask` or `ComponentMask`); per-batch masks and counts are shared."
+    if isinstance(x, tuple): return type(x)(*(rank_rows(t, procs) for t in x))
     if x is None or x.ndim == 0 or procs.world == 1 or len(x) == 1: return x
     b = len(x) // procs.world
     return x[procs.rank * b:(procs.rank + 1) * b]
+
 
 # %% ../nbs/08_train.ipynb #4d3bdcf8
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -184,10 +205,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     "The epoch's shuffled order of `n` training images (the same on every process)."
     return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, 0)))
 
-def draw_masks(model: MaskedAutoencoder, n: int, generator=None, device=None, steps: int | None = None):
-    "Masks of a global batch of `n` images (with `steps`, of that many batches): a `PatchMask` (MAE) or components (PMAE)."
-    if isinstance(model, PMAE): return model.masking(model.ratios, n, generator, check=False, steps=steps)   # checked once, at attach
-    return model.masking(n, model.config.n_patches, generator, device, steps)
 
 # %% ../nbs/08_train.ipynb #b0faa6f4
 def epoch_draws(model: MaskedAutoencoder, batch_size: int, n_batches: int, hw: tuple, generator, draw_steps: int = 1,
@@ -197,14 +214,15 @@ def epoch_draws(model: MaskedAutoencoder, batch_size: int, n_batches: int, hw: t
     for start in range(0, n_batches, chunk):
         steps = min(chunk, n_batches - start)
         theta = crop_params(steps * batch_size, hw, True, generator, device).view(steps, batch_size, 2, 3) if crops else None
-        masks = draw_masks(model, batch_size, generator, device, steps)
+        masks = model.draw_masks(batch_size, generator, steps)
         for s in range(steps): yield (theta[s] if crops else None), mask_at(masks, s)
 
 def draw_bytes(model: MaskedAutoencoder, batch_size: int, steps: int) -> int:
     "Rough bytes the random draws of `steps` batches hold at once (crops, and masks with the temporaries of their sort)."
-    if isinstance(model, PMAE): per_step = (batch_size if model.masking.per_sample else 1) * len(model.ratios) * 40
+    if isinstance(model, PMAE): per_step = batch_size * len(model.ratios) * 40     # one draw per image (chapter 03)
     else: per_step = batch_size * model.config.n_patches * 20
     return steps * (per_step + batch_size * 24)
+
 
 # %% ../nbs/08_train.ipynb #86463994
 def to_device(t: Tensor, device: torch.device) -> Tensor:
@@ -247,11 +265,14 @@ class CheckpointMismatchError(ValueError):
 
 CHECKPOINT_FORMAT = 'pmae-pretrain'
 RUNTIME_KEYS = {'data_root', 'download', 'device', 'compile', 'compile_mode', 'tf32', 'pipeline', 'workers', 'out',
-                'save_every', 'keep_every', 'background_save', 'log_every', 'precision'}
+                'save_every', 'keep_every', 'background_save', 'log_every', 'precision', 'hidden_projection'}
+LEGACY_SEMANTICS = dict(cut='closest', loss_norm='hidden', norm_pix=True)   # what runs saved before these switches existed did
 
 def read_checkpoint(path, device='cpu') -> dict:
-    "A pre-training checkpoint, or a clear error if `path` is not one."
-    return read_saved(path, CHECKPOINT_FORMAT, 'checkpoint', 'pre-training checkpoint', device)
+    "A pre-training checkpoint, or a clear error if `path` is not one; a run saved before the semantics switches gets the semantics it ran."
+    state = read_saved(path, CHECKPOINT_FORMAT, 'checkpoint', 'pre-training checkpoint', device)
+    if 'config' in state: state['config'] = LEGACY_SEMANTICS | state['config']
+    return state
 
 
 # %% ../nbs/08_train.ipynb #11b139a8

@@ -48,6 +48,7 @@ def test_shipped_configs_are_the_papers_runs():
                ('vit_tiny', 800, 512, 3e-4, 0.05, 0.95, 40, 'exponential'), f
         assert cfg.method == f.stem.split('_', 1)[1] and cfg.dataset == f.stem.split('_')[0]
         assert cfg.run_dir == Path('runs') / f.stem
+        assert cfg.semantics() == dict(cut='as_run', loss_norm='as_run', norm_pix=False), f   # what the reference code ran
     assert PretrainConfig.from_dict(tomllib.loads((ROOT / 'configs/cifar10_pmae.toml').read_text())).masking().ratio == 0.1
 
 

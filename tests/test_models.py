@@ -61,16 +61,19 @@ def test_pmae_invariants_with_per_sample_masks():
     basis = random_basis((3, 32, 32), k=64)
     model = PMAE(vit_config('micro'), basis, masking=ComponentMasking(0.3, per_sample=True))
     images = torch.rand(6, 3, 32, 32)
-    hidden = model.masking(model.ratios, 6, torch.Generator().manual_seed(0))          # (6, 64)
+    mask = model.draw_masks(6, torch.Generator().manual_seed(0))
+    hidden = mask.hidden                                                              # (6, 64)
     x = model.normalize(images).flatten(1)
     coef, visible = split_components(x, model.components, hidden)
     assert (visible @ model.components.T * hidden).abs().max() < 1e-5               # no energy on any image's hidden components
     # the loss only sees each image's own hidden components
-    shift = (torch.randn(6, 64) * ~hidden) @ model.components
+    untouched = hidden.clone(); untouched[:, -1] = True                                # as run, the padding reads the last component
+    shift = (torch.randn(6, 64) * ~untouched) @ model.components
     pred = torch.randn_like(x)
-    torch.testing.assert_close(hidden_component_loss(pred + shift, coef, hidden, model.components),
-                               hidden_component_loss(pred, coef, hidden, model.components))
-    assert hidden_component_loss(x, coef, hidden, model.components) < 1e-10
+    for norm in ('as_run', 'hidden'):
+        torch.testing.assert_close(hidden_component_loss(pred + shift, coef, mask, model.components, norm),
+                                   hidden_component_loss(pred, coef, mask, model.components, norm))
+        assert hidden_component_loss(x, coef, mask, model.components, norm) < 1e-10
 
 
 def test_pmae_state_dict_omits_the_basis_and_restores_with_it():
@@ -81,9 +84,9 @@ def test_pmae_state_dict_omits_the_basis_and_restores_with_it():
     assert 'components' not in state and 'ratios' not in state and 'mean' in state
     restored = PMAE(vit_config('micro'), basis)
     restored.load_state_dict(state)
-    hidden = model.masking(model.ratios, generator=torch.Generator().manual_seed(0))
+    mask = model.draw_masks(4, generator=torch.Generator().manual_seed(0))
     images = torch.rand(4, 3, 32, 32)
-    assert torch.equal(model(images, hidden).loss, restored(images, hidden).loss)
+    assert torch.equal(model(images, mask).loss, restored(images, mask).loss)
 
 
 def test_model_errors_name_both_shapes():

@@ -96,20 +96,63 @@ def test_table_reproduces_the_papers_numbers():
 def test_committed_results_have_provenance():
     for r in load_results(REPO / 'results'):
         assert r['budget'] != 'smoke' and not r['provenance']['data_copy'].startswith('stand-in')
+        assert set(r['semantics']) == {'cut', 'loss_norm', 'norm_pix'}
+
+
+def test_results_written_before_the_switches_are_labelled_with_what_they_ran(tmp_path):
+    "A results file without `semantics` ran closest / hidden-mean / norm-pix: its row says so, and it gets no paper number."
+    old = json.loads((REPO / 'results' / 'cifar10' / 'cpu' / 'pmae_0.1.json').read_text())
+    assert 'semantics' not in old and old['row'] == 'PMAE_ocl'
+    for job in ('pmae_0.1', 'mae_std'):
+        (tmp_path / 'cifar10' / 'cpu').mkdir(parents=True, exist_ok=True)
+        (tmp_path / 'cifar10' / 'cpu' / f'{job}.json').write_text((REPO / 'results' / 'cifar10' / 'cpu' / f'{job}.json').read_text())
+    rows = {r['job']: r for r in load_results(tmp_path)}
+    assert rows['pmae_0.1']['row'] == 'PMAE_ocl, as written' and rows['mae_std']['row'] == 'MAE_std, norm-pix'
+    assert rows['pmae_0.1']['semantics'] == dict(cut='closest', loss_norm='hidden', norm_pix=True)
+    assert all(r['paper'] is None for r in results_rows(list(rows.values())))
+
+
+def test_laptop_budget_runs_the_key_pair_and_the_contrasts_on_one_schedule():
+    "The laptop set: MAE_std and PMAE_ocl as run for the whole schedule, the text's PMAE and norm-pix MAE stopped at epoch 40 of it."
+    jobs = default_jobs('cifar10', 'laptop')
+    assert [(j.row('cifar10'), j.stop_epoch) for j in jobs] == [('MAE_std', 0), ('PMAE_ocl', 0), ('PMAE_ocl, as written', 40),
+                                                               ('MAE_std, norm-pix', 40), ('PMAE r=0.2', 40)]
+    cfgs = [job_config('cifar10', j, 'laptop') for j in jobs]
+    assert {(c.model, c.image_size, c.patch_size, c.epochs, c.batch_size, c.lr, c.keep_every) for c in cfgs} == {('mini', 16, 4, 100, 256, 1e-3, 5)}
+    assert [c.semantics() for c in cfgs[2:4]] == [dict(cut='closest', loss_norm='hidden', norm_pix=False),
+                                                 dict(cut='as_run', loss_norm='as_run', norm_pix=True)]
+
+
+def test_a_curve_budget_probes_every_point_and_scores_the_pretext_task(tmp_path):
+    "With `curve`, each snapshot on it gets every probe, the pre-training seconds so far, the held-out loss and predict-nothing's."
+    from dataclasses import replace
+    from pmae.reproduce import run_job
+    budget = replace(BUDGETS['smoke'], epochs=2, curve=(1, 2))
+    r = run_job('cifar10', Job('pmae', 0.1), budget, root=data_root('cifar10', 'smoke', tmp_path / 'none', tmp_path),
+                runs=tmp_path / 'runs', results=tmp_path / 'results', device='cpu', verbose=False)
+    points = r['curve']['points']
+    assert [p['epoch'] for p in points] == [1, 2] and points[-1]['fast'] == r['probes']['fast']['accuracy']
+    assert all(0 < p['wall_s'] and 0 < p['knn'] <= 100 and 0 < p['pretext_loss'] and 0 < p['predict_nothing'] for p in points)
+    assert points[0]['wall_s'] < points[1]['wall_s'] and points[0]['predict_nothing'] == points[1]['predict_nothing']
 
 
 def test_cli_reproduce(tmp_path):
-    p = pmae_cli('reproduce', 'cifar10', '--budget', 'smoke', '--jobs', 'pmae:0.2', '--data-root', tmp_path / 'none',
+    p = pmae_cli('reproduce', 'cifar10', '--budget', 'smoke', '--jobs', 'pmae:0.2,cut=closest,loss_norm=hidden', '--data-root', tmp_path / 'none',
                  '--runs', tmp_path / 'runs', '--results', tmp_path / 'results', '--quiet', '--device', 'cpu',
                  '--compile', '--compile-mode', 'default', '--save-every', 1)
     assert p.returncode == 0, p.stderr
-    assert 'PMAE r=0.2' in p.stdout and (tmp_path / 'results' / 'cifar10' / 'smoke' / 'pmae_0.2.json').exists()
-    config = json.loads((tmp_path / 'results' / 'cifar10' / 'smoke' / 'pmae_0.2.json').read_text())['pretrain']['config']
+    path = tmp_path / 'results' / 'cifar10' / 'smoke' / 'pmae_0.2_as_written.json'
+    assert 'PMAE r=0.2, as written' in p.stdout and str(path) in p.stdout
+    saved = json.loads(path.read_text())
+    assert saved['semantics'] == dict(cut='closest', loss_norm='hidden', norm_pix=False) and saved['row'] == 'PMAE r=0.2, as written'
+    config = saved['pretrain']['config']
     assert (config['compile'], config['compile_mode'], config['save_every'], config['device']) == (True, 'default', 1, 'cpu')
     for args, message in ((('cifar10', '--budget', 'paper', '--device', 'cpu'), "needs a GPU"),
                           (('cifar10', '--budget', 'cpu', '--data-root', tmp_path / 'none'), 'CIFAR-10 not found'),
                           (('mnist', '--budget', 'smoke'), "unknown data set 'mnist'"),
                           (('cifar10', '--jobs', 'pmae:lots'), "bad job 'pmae:lots'"),
+                          (('cifar10', '--jobs', 'pmae:0.1,cut'), "bad job 'pmae:0.1,cut': expected METHOD[:RATIO][,FIELD=VALUE...]"),
+                          (('cifar10', '--jobs', 'pmae:0.1,sharpness=2'), "bad job 'pmae:0.1,sharpness=2'"),
                           (('cifar10', '--budget', 'huge'), "invalid choice: 'huge'"),
                           (('cifar10', '--compile-mode', 'fast'), "invalid choice: 'fast'")):
         p = pmae_cli('reproduce', *args, '--runs', tmp_path / 'runs', '--results', tmp_path / 'results')

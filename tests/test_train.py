@@ -173,3 +173,33 @@ def test_a_constant_border_and_a_rarely_lit_pixel_train_with_ordinary_losses(tmp
     batch = augment(train.load_training_data(cfg).train.images[:256], generator=torch.Generator().manual_seed(0))
     z = model.normalize(batch)                                                    # what the encoder reads, (256, 3, 16, 16)
     assert torch.isfinite(z).all() and z.abs().max() <= 1 / floor + 1e-4 and 1 / floor < 8
+
+
+def test_a_run_saved_before_the_semantics_switches_resumes_only_with_the_semantics_it_ran(tmp_path):
+    "A checkpoint whose config predates `cut`, `loss_norm` and `norm_pix` reads as closest / hidden / norm-pix, and resumes only with them."
+    from pmae.train import CheckpointMismatchError, LEGACY_SEMANTICS
+    cfg = PretrainConfig(**SMALL, method='pmae', out=str(tmp_path / 'old'))
+    pretrain(cfg, stop_after=2, verbose=False)
+    path = cfg.run_dir / 'checkpoint.pt'
+    state = torch.load(path, weights_only=True)
+    for k in LEGACY_SEMANTICS: del state['config'][k]                         # as an earlier version wrote it
+    torch.save(state, path)
+    assert {k: read_checkpoint(path)['config'][k] for k in LEGACY_SEMANTICS} == dict(cut='closest', loss_norm='hidden', norm_pix=True)
+    with pytest.raises(CheckpointMismatchError, match=r"cut: 'closest' there, 'as_run' here"): pretrain(cfg, verbose=False)
+    assert pretrain(replace(cfg, **LEGACY_SEMANTICS), verbose=False)['status'] == 'complete'
+
+
+def test_holdout_takes_the_evaluation_split_from_the_training_images():
+    "`holdout` splits the training images (never the test split) into a smaller training split and a held-out one."
+    from pmae.core import ConfigError
+    from pmae.train import load_training_data
+    full = load_training_data(PretrainConfig(dataset='photos', device='cpu'))
+    ds = load_training_data(PretrainConfig(dataset='photos', holdout=100, device='cpu'))
+    assert (len(ds.eval), len(ds.train), ds.eval_split) == (100, len(full.train) - 100, 'held-out train (100)')
+    rows = lambda images: {bytes(x.numpy()) for x in images}
+    assert len(rows(full.train.images)) == len(full.train)                        # no duplicate images: sets are exact
+    assert rows(ds.eval.images) | rows(ds.train.images) == rows(full.train.images)
+    assert not rows(ds.eval.images) & rows(ds.train.images) and not rows(ds.eval.images) & rows(full.eval.images)
+    with pytest.raises(ConfigError, match=f"holdout must be between 1 and {len(full.train) - 1} training images, got 99999"):
+        load_training_data(PretrainConfig(dataset='photos', holdout=99999, device='cpu'))
+    with pytest.raises(ConfigError, match="holdout must be >= 0, got -1"): PretrainConfig(dataset='photos', holdout=-1)
