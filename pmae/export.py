@@ -51,7 +51,8 @@ INPUT = "x = (images / 255 - mean) / std per pixel for uint8 images (floats in [
 def export_config(state: dict, checkpoint, checkpoint_sha256: str) -> dict:
     "config.json for a checkpoint's encoder: timm's keys (`local-dir:` loading) and a `pmae` section with the run's provenance."
     vit, pre = ViTConfig(**state['model_config']), PretrainConfig.from_dict(state['config'], str(checkpoint))
-    masking = dict(method=pre.method, hides='variance' if pre.is_pmae else 'patches', **asdict(pre.masking()))
+    masking = dict(method=pre.method, hides='variance' if pre.is_pmae else 'patches', **asdict(pre.masking()),
+                   **({'loss_norm': pre.loss_norm} if pre.is_pmae else {'norm_pix': pre.norm_pix}))
     provenance = dict(format=EXPORT_FORMAT, version=1, pixel_stats=STATS_FILE, input=INPUT, features="model(x): [CLS] after the final LayerNorm",
                       masking=masking, epoch=state['epoch'], step=state['step'], dataset=pre.dataset, source_checkpoint=str(checkpoint),
                       source_sha256=checkpoint_sha256, pca_sha256=state['pca_sha256'], config=state['config'],

@@ -173,3 +173,17 @@ def test_stop_epoch_ends_the_schedule_early_and_says_so(tmp_path):
     assert (state['epoch'], state['batch'], state['config']['epochs']) == (2, 0, 3)
     again = run_job('cifar10', Job('mae_std'), budget, **kw)                       # called again: not one step more
     assert again['pretrain']['steps'] == first['pretrain']['steps'] == 2 * 256 // 64
+
+
+def test_raw_pixel_yardstick_is_written_once_beside_the_results_and_not_read_as_a_run(tmp_path):
+    "A curve budget's raw-pixel probes land in `extra/raw_pixels.json` at the budget's resolution; results tables skip that folder."
+    from dataclasses import replace
+    from pmae.reproduce import raw_pixel_yardstick
+    budget = replace(BUDGETS['smoke'], curve=(1,), image_size=16)
+    root = data_root('cifar10', 'smoke', tmp_path / 'none', tmp_path)
+    first = raw_pixel_yardstick('cifar10', budget, root, tmp_path / 'results', 'cpu')
+    path = tmp_path / 'results' / 'cifar10' / 'smoke' / 'extra' / 'raw_pixels.json'
+    assert path.is_file() and first['image_size'] == 16 and set(first['probes']) == {'fast', 'knn'}
+    assert all(0 < v <= 100 for v in first['probes'].values()) and first['data_copy'].startswith('stand-in')
+    assert raw_pixel_yardstick('cifar10', budget, root, tmp_path / 'results', 'cpu') == first      # read back, not re-measured
+    assert load_results(tmp_path / 'results') == []
