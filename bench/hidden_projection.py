@@ -17,6 +17,7 @@ from pmae.mae import MAE, vit_config
 from pmae.masking import ComponentMasking, PatchMasking
 from pmae.pca import fit_pca
 from pmae.pmae import PMAE
+from pmae.core import device_name, loaded_commit, write_json
 
 
 def images_16(root: str):
@@ -43,6 +44,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--data-root', default='data'); ap.add_argument('--batch', type=int, default=256)
     ap.add_argument('--rounds', type=int, default=30); ap.add_argument('--pca-images', type=int, default=10_000)
+    ap.add_argument('--out', default='', help="also write the figures to this JSON file")
     a = ap.parse_args()
     name, images = images_16(a.data_root)
     basis = fit_pca(images[:a.pca_images], source=f'{name} 16x16')
@@ -50,10 +52,12 @@ def main():
     torch.manual_seed(0); full = PMAE(cfg, basis, ComponentMasking(0.1))
     quick = copy.deepcopy(full); quick.hidden_only = True
     x, m = images[:a.batch], full.draw_masks(a.batch, torch.Generator().manual_seed(1))
-    for model in (full, quick): model.zero_grad(); model(x, m).loss.backward()
+    losses = []
+    for model in (full, quick):
+        model.zero_grad(); loss = model(x, m).loss; loss.backward(); losses.append(loss.item())
     worst = max(float((p.grad - q.grad).abs().max() / p.grad.abs().max().clamp_min(1e-12))
                 for p, q in zip(full.parameters(), quick.parameters()) if p.grad is not None)
-    print(f"{name} at 16x16, K = {len(basis.ratios)}: same loss {float(full(x, m).loss):.6f} / {float(quick(x, m).loss):.6f}, "
+    print(f"{name} at 16x16, K = {len(basis.ratios)}: same loss {losses[0]:.6f} / {losses[1]:.6f}, "
           f"largest relative gradient difference {worst:.1e}")
     torch.manual_seed(0); mae = MAE(cfg, PatchMasking(0.75), mean=basis.mean, std=basis.std)
     timers = {'PMAE, full projection': step_timer(full, images, a.batch), 'PMAE, hidden-only': step_timer(quick, images, a.batch),
@@ -66,8 +70,12 @@ def main():
     print(f"\nbatch {a.batch}, {torch.get_num_threads()} torch threads, median of {a.rounds} alternating rounds\n")
     print('| step | ms | images/s |\n|---|---:|---:|')
     for k, v in med.items(): print(f"| {k} | {1000 * v:.1f} | {a.batch / v:,.0f} |")
-    print(f"\nhidden-only / full: {med['PMAE, full projection'] / med['PMAE, hidden-only']:.2f}x faster; "
-          f"PMAE (hidden-only) costs {med['PMAE, hidden-only'] / med['MAE_std']:.2f}x an MAE_std step")
+    speedup, cost = med['PMAE, full projection'] / med['PMAE, hidden-only'], med['PMAE, hidden-only'] / med['MAE_std']
+    print(f"\nhidden-only / full: {speedup:.2f}x faster; PMAE (hidden-only) costs {cost:.2f}x an MAE_std step")
+    if a.out: write_json(dict(data=f'{name} at 16x16', batch=a.batch, threads=torch.get_num_threads(), rounds=a.rounds,
+                              ms={k: round(1000 * v, 1) for k, v in med.items()}, hidden_only_speedup=round(speedup, 3),
+                              pmae_over_mae=round(cost, 3), max_relative_grad_diff=worst, commit=loaded_commit(),
+                              device=device_name(torch.device('cpu'))), a.out)
 
 
 if __name__ == '__main__': main()
