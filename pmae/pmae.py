@@ -97,7 +97,7 @@ def forward(self: PMAE, images: Tensor, mask: ComponentMask | None = None, gener
 # %% ../nbs/06_pmae.ipynb #7c0045b5
 @patch
 def uses_hidden_only(self: PMAE, mask: ComponentMask) -> bool:
-    "Whether this batch takes the hidden-only path: asked for, Eq. 3.1, one mask per batch, a complete basis, not compiling."
+    "Whether this batch can take the hidden-only path: Eq. 3.1, one mask per batch, a complete basis, not compiling."
     K, D = self.components.shape
     return (self.loss == 'components' and mask.hidden.shape[0] == 1 and K == D
             and not torch.compiler.is_compiling())

@@ -10,12 +10,13 @@ import json
 from pathlib import Path
 
 from .reproduce import DATASETS, PROVENANCE, dataset_spec, semantics_label
+from .train import LEGACY_SEMANTICS
 
 # %% auto #0
-__all__ = ['PAPER_COLUMNS', 'PAPER_TABLE', 'PAPER_SWEEP', 'SWEEP_RATIOS', 'PAPER_CURVE', 'PROBE_NAMES', 'REQUIRED', 'LEGACY',
-           'PROBE_ORDER', 'ROW_ORDER', 'paper_value', 'ProvenanceError', 'check_result', 'with_semantics',
-           'load_results', 'paper_results', 'results_rows', 'row_key', 'table1', 'plot_results', 'sweep_points',
-           'plot_sweep', 'plot_curve']
+__all__ = ['PAPER_COLUMNS', 'PAPER_TABLE', 'PAPER_SWEEP', 'SWEEP_RATIOS', 'PAPER_CURVE', 'PROBE_NAMES', 'REQUIRED', 'PROBE_ORDER',
+           'ROW_ORDER', 'paper_value', 'ProvenanceError', 'check_result', 'with_semantics', 'load_results',
+           'paper_results', 'results_rows', 'row_key', 'table1', 'plot_results', 'sweep_points', 'plot_sweep',
+           'plot_curve']
 
 # %% ../nbs/13_results.ipynb #b2ac4a47
 PAPER_COLUMNS = ('cifar10', 'tinyimagenet', 'dermamnist', 'bloodmnist', 'pathmnist')
@@ -65,13 +66,11 @@ def check_result(result: dict, where: str = 'result') -> dict:
     return result
 
 # %% ../nbs/13_results.ipynb #7e8adec2
-LEGACY = dict(cut='closest', loss_norm='hidden', norm_pix=True)   # what results written before the semantics switches ran
-
 def with_semantics(result: dict) -> dict:
     "`result` with its `semantics` recorded (a file written before the switches: the semantics it ran) and its row named by them."
     if 'semantics' in result: return result
-    sem = {**LEGACY, **result.get('pretrain', {}).get('config', {})}
-    sem = {k: sem[k] for k in LEGACY}
+    sem = {**LEGACY_SEMANTICS, **result.get('pretrain', {}).get('config', {})}   # chapter 08: what runs before the switches did
+    sem = {k: sem[k] for k in LEGACY_SEMANTICS}
     label = semantics_label(result.get('method', 'pmae' if 'PMAE' in result['row'] else 'mae_std'), **sem)
     return {**result, 'semantics': sem, 'row': f"{result['row']}, {label}" if label and label not in result['row'] else result['row']}
 
