@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 from torch._dynamo.utils import counters
 
-from pmae.learner import COMPILE_MODES
+from pmae.scaling import COMPILE_MODES
 from pmae.reproduce import step_seconds
 from pmae.core import device_name
 from pmae.train import PretrainConfig

@@ -55,7 +55,7 @@ from pmae.mae import CONFIGS, ViTConfig
 from pmae.masking import MASKINGS
 from pmae.pca import PCABasis, fit_pca, pixel_stats
 from pmae.core import device_name, git_commit
-from pmae.learner import COMPILE_MODES, Processes, synchronize
+from pmae.scaling import COMPILE_MODES, Processes, synchronize
 from pmae.train import PretrainConfig, build_model, float32_matmul, load_training_data, model_config, pretrain_batches, pretrain_learner, pretrain_loss
 from pmae.augment import AugmentedImages
 from pmae.core import pick_device

@@ -18,7 +18,8 @@ from itertools import count
 
 import torch
 
-from pmae.learner import Processes, read_metrics
+from pmae.learner import read_metrics
+from pmae.scaling import Processes
 from pmae.train import PretrainConfig, build_model, load_training_data, model_config, prepare_basis, pretrain, pretrain_batches, pretrain_learner
 from pmae.core import pick_device
 

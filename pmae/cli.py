@@ -20,7 +20,7 @@ from .probe import ProbeConfig, probe_summary, run_probe
 from .core import write_json
 from .quickstart import quickstart
 from .reproduce import BUDGETS, DATASETS, Job, RunStopped, reproduce, result_path
-from .learner import COMPILE_MODES
+from .scaling import COMPILE_MODES
 
 # %% auto #0
 __all__ = ['DATA_KEYS', 'DESCRIPTION', 'read_toml', 'add_options', 'config_from', 'is_main_process', 'say', 'cmd_pca',

@@ -1,4 +1,4 @@
-"""One small `Learner` trains every model in this book: a loop of fifteen lines, and callbacks for everything else.
+"""One small `Learner` trains every model in this book: a loop that takes the steps, and callbacks for everything the reader wants around them.
 
 Docs: https://github.com/pmae-dev/pmae/learner.html.md"""
 
@@ -6,27 +6,23 @@ Docs: https://github.com/pmae-dev/pmae/learner.html.md"""
 
 # %% ../nbs/04_learner.ipynb #9e8eef74
 from __future__ import annotations
-import json, math, os, signal, threading, time, warnings
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+import json, math, time, warnings
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn, Tensor
 from fastcore.basics import patch
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as text_tqdm
 
 from .core import atomic_save
 
 # %% auto #0
-__all__ = ['WARMUPS', 'COMPILE_MODES', 'CancelFit', 'Callback', 'Processes', 'Learner', 'lr_factor', 'RecorderCB', 'ProgressCB',
-           'open_tensorboard', 'read_metrics', 'MetricsCB', 'TrainingDiverged', 'DivergenceCB', 'any_process',
-           'barrier', 'graceful_stop', 'StopCB', 'learner_state', 'restore_learner', 'to_cpu', 'BackgroundWriter',
-           'CheckpointCB', 'init_processes', 'ddp_buffer_options', 'DDPCB', 'compile_net', 'CompileCB', 'synchronize',
-           'StepTimerCB']
+__all__ = ['WARMUPS', 'CancelFit', 'Callback', 'Learner', 'lr_factor', 'RecorderCB', 'ProgressCB', 'open_tensorboard',
+           'read_metrics', 'MetricsCB', 'TrainingDiverged', 'DivergenceCB', 'StopCB', 'learner_state',
+           'restore_learner', 'CheckpointCB']
 
-# %% ../nbs/04_learner.ipynb #f6e96ab9
+# %% ../nbs/04_learner.ipynb #998e8c4b
 class CancelFit(Exception):
     "Raised by a callback to end `Learner.fit` early; the learner keeps its position for resuming."
 
@@ -34,32 +30,39 @@ class Callback:
     "Base class of callbacks: methods named after events receive the learner; a lower `order` runs first."
     order = 0
 
-@dataclass(frozen=True)
-class Processes:
-    "Where this process stands in a data-parallel job: its rank, the number of processes, and whether torchrun started it."
-    rank: int = 0
-    world: int = 1
-    distributed: bool = False
-    @property
-    def main(self) -> bool: return self.rank == 0
-
-# %% ../nbs/04_learner.ipynb #998e8c4b
 class Learner:
-    "Trains `net` on `batches(epoch, start_batch)` with `loss_fn(net, batch)`, `opt` and `sched`; callbacks do everything else."
-    def __init__(self, net: nn.Module, batches, loss_fn, opt, sched=None, cbs=(), dtype=None, clip: float = 0.0,
+    "Trains `model` on `batches(epoch, start_batch)` with `loss_fn(net, batch)`, `opt` and `sched`; callbacks do everything else."
+    def __init__(self, model: nn.Module, batches, loss_fn, opt, sched=None, cbs=(), dtype=None, clip: float = 0.0,
                  steps_per_epoch: int | None = None):
-        self.net = self.model = net          # `net` is what runs (callbacks may wrap it); `model` stays the plain module
+        self.model = self.net = model        # `net` is what runs: a callback may wrap it; `model` stays the plain module
         self.batches, self.loss_fn, self.opt, self.sched, self.dtype, self.clip = batches, loss_fn, opt, sched, dtype, clip
         self.cbs, self.steps_per_epoch = sorted(cbs, key=lambda cb: cb.order), steps_per_epoch
         self.params = [p for g in opt.param_groups for p in g['params']]
         self.device = self.params[0].device
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
-        self.epoch, self.start_batch, self.step, self.partial_loss, self.status, self.procs = 0, 0, 0, (0.0, 0), 'new', Processes()
+        self.epoch, self.start_batch, self.step, self.epochs = 0, 0, 0, 0      # position, and the target `fit` was given
+        self.partial_epoch = (0.0, 0)         # loss sum and steps of a partly done epoch, carried into its resumed rest
+        self.status = 'new'                   # after `fit`: 'complete', 'stopped', 'interrupted' or 'failed'
+        self.epoch_loss = self.images_per_s = None                # MetricsCB: last epoch's mean loss, the fit's images/s
+        self.checkpoint = self.saved_at = None                    # CheckpointCB: its file, the position last written there
+        self.procs = None                     # several processes (chapter 07b): who they are; None is one process
 
-    def callback(self, event: str):
-        "Call every callback's method for `event`, in order."
-        for cb in self.cbs:
-            if hasattr(cb, event): getattr(cb, event)(self)
+# %% ../nbs/04_learner.ipynb #6e0c4a51
+@patch
+def any_process(self: Learner, flag: bool) -> bool:
+    "`flag` on one process; with several (chapter 07b), True on every process when it is True on any."
+    return flag if self.procs is None else self.procs.any(flag, self.device)
+
+@patch(as_prop=True)
+def main(self: Learner) -> bool:
+    "Whether this process writes files: the only one, or the first of several."
+    return self.procs is None or self.procs.main
+
+@patch
+def callback(self: Learner, event: str):
+    "Call every callback's method for `event`, in order."
+    for cb in self.cbs:
+        if hasattr(cb, event): getattr(cb, event)(self)
 
 # %% ../nbs/04_learner.ipynb #2e86cd35
 @patch
@@ -69,18 +72,18 @@ def fit(self: Learner, epochs: int) -> Learner:
     try:
         self.callback('before_fit')
         while self.epoch < epochs:
-            self.loss_sum, self.n_steps = torch.full((), float(self.partial_loss[0]), device=self.device), self.partial_loss[1]
+            self.loss_sum, self.n_steps = torch.full((), float(self.partial_epoch[0]), device=self.device), self.partial_epoch[1]
             self.callback('before_epoch')
             for self.batch_idx, self.batch in enumerate(self.batches(self.epoch, self.start_batch), self.start_batch):
                 self.callback('before_batch')
                 self.loss = self.one_step(self.batch)
                 self.loss_sum += self.loss; self.step += 1; self.n_steps += 1; self.start_batch = self.batch_idx + 1
                 self.callback('after_batch')
-            self.epoch, self.start_batch, self.partial_loss = self.epoch + 1, 0, (0.0, 0)
+            self.epoch, self.start_batch, self.partial_epoch = self.epoch + 1, 0, (0.0, 0)
             self.callback('after_epoch')
         self.status = 'complete'
     except CancelFit:
-        self.partial_loss = (float(self.loss_sum), self.n_steps) if self.start_batch else (0.0, 0)   # a partly done epoch goes on later
+        self.partial_epoch = (float(self.loss_sum), self.n_steps) if self.start_batch else (0.0, 0)   # the rest of the epoch comes later
         self.callback('after_cancel')
     except BaseException: self.status = 'failed'; raise
     finally: self.callback('after_fit')
@@ -127,8 +130,9 @@ class ProgressCB(Callback):
         self.every, self.desc, self.batch_size, self.enabled, self.file = every, desc, batch_size, enabled, file
     def before_fit(self, learn):
         total = learn.epochs * learn.steps_per_epoch if learn.steps_per_epoch else None
-        self.bar = tqdm(total=total, initial=learn.step, disable=not self.enabled, unit='step', dynamic_ncols=True,
-                        desc=self.desc, file=self.file)
+        bar = tqdm if self.file is None else text_tqdm                # a file to write to: a text bar, never a widget
+        self.bar = bar(total=total, initial=learn.step, disable=not self.enabled, unit='step', dynamic_ncols=True,
+                       desc=self.desc, file=self.file)
         self.t0, self.step0 = time.perf_counter(), learn.step
     def after_batch(self, learn):
         self.bar.update()
@@ -205,59 +209,27 @@ class DivergenceCB(Callback):
     def after_epoch(self, learn): self.check(learn, f"in epoch {learn.epoch}")
     def after_cancel(self, learn): self.check(learn, f"at epoch {learn.epoch + 1}, step {learn.step}")
     def check(self, learn, where: str):
-        if not any_process(not bool(torch.isfinite(learn.loss_sum)), learn.procs, learn.device): return
-        path, saved = getattr(learn, 'checkpoint', None), getattr(learn, 'saved_at', None)
-        good = f"the last good checkpoint, {path} (epoch {saved[0]}), is untouched" if saved else "no checkpoint had been written yet"
+        if not learn.any_process(not bool(torch.isfinite(learn.loss_sum))): return
+        good = (f"the last good checkpoint, {learn.checkpoint} (epoch {learn.saved_at[0]}), is untouched" if learn.saved_at
+                else "no checkpoint had been written yet")
         raise TrainingDiverged(f"the loss became {float(learn.loss_sum)} {where}: training stopped; {good}")
-
-# %% ../nbs/04_learner.ipynb #879bab1f
-def any_process(flag: bool, procs: Processes, device) -> bool:
-    "True on every process when `flag` is True on at least one."
-    if not procs.distributed: return flag
-    t = torch.tensor(float(flag), device=device); dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-def barrier(procs: Processes):
-    "Wait for every process (nothing to wait for outside torchrun)."
-    if procs.distributed: dist.barrier()
-
-# %% ../nbs/04_learner.ipynb #d8fcbf12
-@contextmanager
-def graceful_stop():
-    "While active, SIGINT/SIGTERM set `flag[0]` instead of killing the process (a second Ctrl-C still does)."
-    flag, old = [False], {}
-    def handler(sig, frame):
-        if flag[0] and sig == signal.SIGINT: raise KeyboardInterrupt
-        flag[0] = True
-    try:
-        for s in (signal.SIGINT, signal.SIGTERM): old[s] = signal.signal(s, handler)
-    except ValueError: pass    # not the main thread: signals stay as they are
-    try: yield flag
-    finally:
-        for s, h in old.items(): signal.signal(s, h)
 
 # %% ../nbs/04_learner.ipynb #e2ef4739
 class StopCB(Callback):
-    "End the fit (status 'interrupted' or 'stopped') on Ctrl-C/SIGTERM, after `time_limit` s or after `stop_after` steps in all."
+    "End the fit (status 'stopped') after `stop_after` steps in all; a stop at an epoch's last batch waits for the epoch's end."
     order = 40
-    def __init__(self, stop_after: int | None = None, time_limit: float | None = None, every: int = 50, started: float | None = None):
-        self.stop_after, self.time_limit, self.every, self.started = stop_after, time_limit, every, started
-    def before_fit(self, learn):
-        self.t0, self.stack = self.started or time.time(), ExitStack()
-        self.flag = self.stack.enter_context(graceful_stop())
-    def before_batch(self, learn):
-        if self.stop_after is not None and learn.step >= self.stop_after: learn.status = 'stopped'; raise CancelFit   # done already
+    def __init__(self, stop_after: int | None = None): self.stop_after = stop_after
+    def before_batch(self, learn):                                    # called again at the limit: no step taken
+        if self.reached(learn): self.stop(learn, 'stopped')
     def after_batch(self, learn):
-        if learn.steps_per_epoch and learn.start_batch >= learn.steps_per_epoch: return    # the epoch's end decides
-        self.maybe_stop(learn, agree=learn.step % self.every == 0)
+        if not (learn.steps_per_epoch and learn.start_batch >= learn.steps_per_epoch): self.check(learn, epoch_end=False)
     def after_epoch(self, learn):
-        if learn.epoch < learn.epochs: self.maybe_stop(learn, agree=True)
-    def after_fit(self, learn): self.stack.close()
-    def maybe_stop(self, learn, agree: bool):
-        if self.stop_after is not None and learn.step >= self.stop_after: learn.status = 'stopped'; raise CancelFit
-        if learn.procs.distributed and not agree: return
-        local = self.flag[0] or (self.time_limit is not None and time.time() - self.t0 > self.time_limit)
-        if any_process(local, learn.procs, learn.device): learn.status = 'interrupted' if self.flag[0] else 'stopped'; raise CancelFit
+        if learn.epoch < learn.epochs: self.check(learn, epoch_end=True)
+    def reached(self, learn) -> bool: return self.stop_after is not None and learn.step >= self.stop_after
+    def check(self, learn, epoch_end: bool):
+        "Stop here if the step limit is reached."
+        if self.reached(learn): self.stop(learn, 'stopped')
+    def stop(self, learn, status: str): learn.status = status; raise CancelFit
 
 # %% ../nbs/04_learner.ipynb #deb6a00b
 def learner_state(learn: Learner) -> dict:
@@ -265,125 +237,36 @@ def learner_state(learn: Learner) -> dict:
     return dict(model=learn.model.state_dict(), optimizer=learn.opt.state_dict(),
                 scheduler=learn.sched.state_dict() if learn.sched is not None else None, scaler=learn.scaler.state_dict(),
                 epoch=learn.epoch, batch=learn.start_batch, step=learn.step, rng=dict(torch=torch.get_rng_state()),
-                epoch_loss=(float(learn.loss_sum), learn.n_steps) if learn.start_batch else (0.0, 0))
+                partial_epoch=(float(learn.loss_sum), learn.n_steps) if learn.start_batch else (0.0, 0))
 
 def restore_learner(learn: Learner, state: dict) -> Learner:
     "Put `learn` back where `state` was taken (the inverse of `learner_state`)."
     learn.model.load_state_dict(state['model']); learn.opt.load_state_dict(state['optimizer'])
     if learn.sched is not None: learn.sched.load_state_dict(state['scheduler'])
     learn.scaler.load_state_dict(state['scaler'])
-    learn.epoch, learn.start_batch, learn.step, learn.partial_loss = state['epoch'], state['batch'], state['step'], tuple(state['epoch_loss'])
+    learn.epoch, learn.start_batch, learn.step = state['epoch'], state['batch'], state['step']
+    learn.partial_epoch = tuple(state['partial_epoch'] if 'partial_epoch' in state else state['epoch_loss'])   # older files: 'epoch_loss'
     torch.set_rng_state(state['rng']['torch'])
     learn.saved_at = (learn.epoch, learn.start_batch)                   # that position is on disk already
     return learn
 
-# %% ../nbs/04_learner.ipynb #c07ed4b2
-def to_cpu(obj):
-    "A copy of `obj` with every tensor copied to the CPU (training goes on changing the originals)."
-    if isinstance(obj, Tensor): return obj.detach().to('cpu', copy=True)
-    if isinstance(obj, dict): return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)): return type(obj)(to_cpu(v) for v in obj)
-    return obj
-
-class BackgroundWriter:
-    "Runs one writing job at a time on a thread, so training goes on while a file is written; errors resurface on `wait`."
-    def __init__(self, enabled: bool = True): self.enabled, self.thread, self.error = enabled, None, None
-    def submit(self, job):
-        self.wait()
-        if not self.enabled: return job()
-        def run():
-            try: job()
-            except BaseException as e: self.error = e
-        self.thread = threading.Thread(target=run, name='pmae-writer'); self.thread.start()
-    def wait(self):
-        if self.thread is not None: self.thread.join(); self.thread = None
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
-
 # %% ../nbs/04_learner.ipynb #c6995c73
 class CheckpointCB(Callback):
-    "Write `path` every `every` epochs, at the end and on a stop; keep weight snapshots every `keep_every` epochs."
+    "Write `path` every `every_epochs` epochs, at the end and on a stop; keep weight snapshots every `keep_every_epochs`."
     order = 30
-    def __init__(self, path, every: int = 10, keep_every: int = 0, meta: dict | None = None, background: bool = True):
-        self.path, self.every, self.keep_every, self.meta = Path(path), every, keep_every, meta or {}
-        self.writer = BackgroundWriter(background)
-    def before_fit(self, learn): learn.checkpoint, learn.saved_at = self.path, getattr(learn, 'saved_at', None)
+    def __init__(self, path, every_epochs: int = 10, keep_every_epochs: int = 0, meta: dict | None = None):
+        self.path, self.every_epochs, self.keep_every_epochs, self.meta = Path(path), every_epochs, keep_every_epochs, meta or {}
+    def before_fit(self, learn): learn.checkpoint = self.path
     def after_epoch(self, learn):
-        if learn.epoch % self.every == 0 or learn.epoch == learn.epochs: self.save(learn)
-        if self.keep_every and learn.epoch % self.keep_every == 0: self.save(learn, snapshot=True)
+        if learn.epoch % self.every_epochs == 0 or learn.epoch == learn.epochs: self.save(learn)
+        if self.keep_every_epochs and learn.epoch % self.keep_every_epochs == 0: self.save(learn, snapshot=True)
     def after_cancel(self, learn):
         if learn.saved_at != (learn.epoch, learn.start_batch): self.save(learn)
-    def after_fit(self, learn): self.writer.wait(); barrier(learn.procs)
-
-# %% ../nbs/04_learner.ipynb #7cfdcbaf
-@patch
-def save(self: CheckpointCB, learn: Learner, snapshot: bool = False):
-    "Write the checkpoint (or an `epoch_NNNN.pt` snapshot of the weights) from the main process, off the training thread."
-    if not snapshot: learn.saved_at = (learn.epoch, learn.start_batch)
-    if not learn.procs.main: return
-    if snapshot: path, state = self.path.with_name(f"epoch_{learn.epoch:04d}.pt"), dict(model=learn.model.state_dict(), epoch=learn.epoch, batch=0, step=learn.step)
-    else: path, state = self.path, learner_state(learn)
-    state = to_cpu({**self.meta, **state})                        # the loop waits for this copy, not for the disk
-    self.writer.submit(lambda: atomic_save(state, path))
-
-# %% ../nbs/04_learner.ipynb #9819f8dd
-def init_processes(device: torch.device) -> Processes:
-    "Join the torchrun job this process belongs to (NCCL on GPUs, gloo on CPUs); a plain single process outside torchrun."
-    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ: return Processes()
-    if not dist.is_initialized(): dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    return Processes(dist.get_rank(), dist.get_world_size(), distributed=True)
-
-def ddp_buffer_options() -> dict:
-    "DDP keyword that stops it re-sending the (constant) buffers, such as PMAE's basis, at every step."
-    import inspect
-    sig = inspect.signature(nn.parallel.DistributedDataParallel)
-    return {'forward_sync_buffers': False} if 'forward_sync_buffers' in sig.parameters else {'broadcast_buffers': False}
-
-# %% ../nbs/04_learner.ipynb #28aa224e
-class DDPCB(Callback):
-    "Data parallelism under torchrun: `DistributedDataParallel` around the net, and the epoch loss averaged over processes."
-    order = 0
-    def __init__(self, procs: Processes): self.procs = procs
-    def before_fit(self, learn):
-        learn.procs = self.procs
-        if not self.procs.distributed: return
-        ids = [learn.device.index] if learn.device.type == 'cuda' else None
-        learn.net = nn.parallel.DistributedDataParallel(learn.net, device_ids=ids, **ddp_buffer_options())
-    def after_epoch(self, learn):
-        if self.procs.distributed: dist.all_reduce(learn.loss_sum); learn.loss_sum /= self.procs.world
-
-# %% ../nbs/04_learner.ipynb #4dfa49af
-COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune')
-
-def compile_net(net: nn.Module, mode: str = 'default', backend: str | None = None) -> nn.Module:
-    "`net` compiled by `torch.compile`; `backend` (default `$PMAE_COMPILE_BACKEND`, else inductor); `mode` is inductor's."
-    if mode not in COMPILE_MODES: raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
-    backend = backend or os.environ.get('PMAE_COMPILE_BACKEND', 'inductor')
-    if backend != 'inductor': return torch.compile(net, backend=backend)
-    return torch.compile(net, mode=None if mode == 'default' else mode)
-
-class CompileCB(Callback):
-    "Compile the net (after any DDP wrapping); in 'reduce-overhead' mode (CUDA graphs), mark where each step begins."
-    order = 50
-    def __init__(self, mode: str = 'default', backend: str | None = None): self.mode, self.backend = mode, backend
-    def before_fit(self, learn): learn.net = compile_net(learn.net, self.mode, self.backend)
-    def before_batch(self, learn):
-        if self.mode == 'reduce-overhead': torch.compiler.cudagraph_mark_step_begin()
-
-# %% ../nbs/04_learner.ipynb #39913231
-def synchronize(device: torch.device):
-    "Wait for the device's queued work (nothing to wait for on a CPU)."
-    if device.type == 'cuda': torch.cuda.synchronize(device)
-
-class StepTimerCB(Callback):
-    "Seconds per step (`learn.step_seconds`) over the steps after the first `warmup`, synchronised with the device."
-    order = 90
-    def __init__(self, warmup: int = 1): self.warmup = warmup
-    def before_fit(self, learn): self.step0, self.t0 = learn.step, None
-    def after_batch(self, learn):
-        if learn.step - self.step0 == self.warmup: synchronize(learn.device); self.t0, self.s0 = time.perf_counter(), learn.step
-    def after_fit(self, learn):
-        synchronize(learn.device)
-        timed = learn.step - self.s0 if self.t0 is not None else 0
-        learn.step_seconds = (time.perf_counter() - self.t0) / timed if timed else float('nan')
+    def save(self, learn: Learner, snapshot: bool = False):
+        "Write the checkpoint (or an `epoch_NNNN.pt` snapshot of the weights) from the main process."
+        if not snapshot: learn.saved_at = (learn.epoch, learn.start_batch)
+        if not learn.main: return
+        if snapshot: path, state = self.path.with_name(f"epoch_{learn.epoch:04d}.pt"), dict(model=learn.model.state_dict(), epoch=learn.epoch, batch=0, step=learn.step)
+        else: path, state = self.path, learner_state(learn)
+        self.write({**self.meta, **state}, path)
+    def write(self, state: dict, path: Path): atomic_save(state, path)

@@ -18,7 +18,8 @@ from .data import (MEDMNIST, DataNotFoundError, ImageDataset, load_dataset, load
                        source_paths, write_cifar10_pickles, write_medmnist_npz, write_tinyimagenet)
 from .pca import PCABasis
 from .masking import ComponentMasking, get_masking
-from .learner import Processes, StepTimerCB, read_metrics
+from .learner import read_metrics
+from .scaling import Processes, StepTimerCB
 from .train import (PretrainConfig, build_model, float32_matmul, load_model, load_training_data, model_config,
                         predict_nothing_loss, pretrain, pretrain_batches, pretrain_learner, read_checkpoint)
 from .probe import ProbeConfig, fast_probe, images_sha256, knn_sweep, probe_json_path, run_probe
@@ -218,9 +219,9 @@ def step_seconds(cfg: PretrainConfig, shape: tuple, n_components: int, device, s
     model = build_model(cfg, model_config(cfg, shape), basis if cfg.is_pmae else None, (basis.mean, basis.std)).to(device)
     images = torch.randint(0, 256, ((warmup + steps) * cfg.batch_size, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     batches = pretrain_batches(cfg, model, images, warmup + steps, device, Processes())
-    learn = pretrain_learner(cfg, model, batches, warmup + steps, device, cbs=[StepTimerCB(warmup)])
-    with float32_matmul(cfg.tf32): learn.fit(1)
-    return learn.step_seconds / cfg.batch_size
+    timer = StepTimerCB(warmup)
+    with float32_matmul(cfg.tf32): pretrain_learner(cfg, model, batches, warmup + steps, device, cbs=[timer]).fit(1)
+    return timer.step_seconds / cfg.batch_size
 
 # %% ../nbs/12_reproduce.ipynb #af3f22b2
 def probe_passes(budget: Budget, kind: str) -> float:

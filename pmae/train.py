@@ -1,4 +1,4 @@
-"""One pre-training loop for MAE and PMAE: data and augmentation on the device, the paper's schedule, checkpoints that resume exactly, one GPU or several, a step that compiles whole.
+"""One pre-training loop for MAE and PMAE: chapter 04's `Learner` around the model's loss, plus what a real run needs — a configuration, data and augmentation on the device, randomness fixed by the seed, checkpoints that resume exactly.
 
 Docs: https://github.com/pmae-dev/pmae/train.html.md"""
 
@@ -26,17 +26,18 @@ from .augment import AugmentedImages, apply_crops, crop_params
 from .masking import CUTS, MASKINGS, ComponentMasking, PatchMask, PatchMasking, get_masking, mask_at
 from .mae import CONFIGS, MAE, MaskedAutoencoder, ViTConfig, vit_config
 from .pmae import LOSS_NORMS, PMAE, PMAE_LOSSES
-from .learner import (COMPILE_MODES, CheckpointCB, CompileCB, DDPCB, DivergenceCB, Learner, MetricsCB, Processes,
-                          ProgressCB, StopCB, TrainingDiverged, barrier, init_processes, lr_factor, WARMUPS, read_metrics, restore_learner)
+from .learner import (Callback, DivergenceCB, Learner, MetricsCB, ProgressCB, TrainingDiverged, lr_factor, WARMUPS,
+                          read_metrics, restore_learner)
+from .scaling import COMPILE_MODES, BackgroundCheckpointCB, CompileCB, DDPCB, InterruptCB, Processes, init_processes
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_KEYS', 'LEGACY_SEMANTICS', 'DataSettings', 'MaskSettings', 'OptimSettings',
            'RunSettings', 'PretrainConfig', 'load_training_data', 'hold_out', 'model_config', 'prepare_basis',
            'build_model', 'rank_rows', 'epoch_seed', 'epoch_order', 'epoch_draws', 'draw_bytes', 'to_device',
-           'memory_batches', 'loader_batches', 'pretrain_batches', 'CheckpointMismatchError', 'read_checkpoint',
-           'check_resume', 'load_encoder', 'save_encoder', 'pretrain_loss', 'make_optimizer', 'make_schedule',
-           'pretrain_learner', 'float32_matmul', 'RunParts', 'open_run', 'pretrain_callbacks', 'pretrain_summary',
-           'pretrain', 'load_model', 'predict_nothing_loss']
+           'memory_batches', 'loader_batches', 'pretrain_batches', 'pretrain_loss', 'make_optimizer', 'make_schedule',
+           'pretrain_learner', 'float32_matmul', 'CheckpointMismatchError', 'read_checkpoint', 'check_resume',
+           'RunParts', 'open_run', 'pretrain_callbacks', 'pretrain_summary', 'pretrain', 'load_encoder', 'save_encoder',
+           'load_model', 'predict_nothing_loss']
 
 # %% ../nbs/08_train.ipynb #ea8f20ca
 @dataclass
@@ -49,6 +50,7 @@ class DataSettings(Config):
     limit: int = option(0, "use a fixed random subset of N training images (0: all)")
     holdout: int = option(0, "pilots: hold out N training images as the evaluation split (the test split is not read)")
 
+# %% ../nbs/08_train.ipynb #7b3d9f02
 @dataclass
 class MaskSettings(Config):
     "What is hidden, and the model that learns to predict it."
@@ -62,7 +64,6 @@ class MaskSettings(Config):
     model: str = option('vit_tiny', "model: vit_tiny (the paper's), vit_tiny_3h, vit_small, vit_base, mini, micro")
     patch_size: int = option(0, "override the model's patch size (0: the configuration's, 8)")
     pca: str = option('', "PCA file from `pmae pca` ('': fit on the training images and save it in the run folder)")
-
 
 # %% ../nbs/08_train.ipynb #3ea44af5
 @dataclass
@@ -147,6 +148,7 @@ def load_training_data(cfg: PretrainConfig) -> ImageDataset:
         ds = replace(ds, train=replace(ds.train, images=ds.train.images[keep], labels=ds.train.labels[keep]))
     return hold_out(ds, cfg.holdout) if cfg.holdout else ds
 
+# %% ../nbs/08_train.ipynb #5e8d1b93
 def hold_out(ds: ImageDataset, n: int) -> ImageDataset:
     "`ds` with a fixed random `n` of its training images as the evaluation split, for pilots that must not see the test split."
     if not 0 < n < len(ds.train): raise ConfigError(f"holdout must be between 1 and {len(ds.train) - 1} training images, got {n}")
@@ -155,12 +157,12 @@ def hold_out(ds: ImageDataset, n: int) -> ImageDataset:
     split = lambda idx: replace(ds.train, images=ds.train.images[idx], labels=ds.train.labels[idx])
     return replace(ds, train=split(kept), eval=split(held), eval_split=f'held-out train ({n})')
 
+# %% ../nbs/08_train.ipynb #8b4f0e27
 def model_config(cfg: PretrainConfig, shape: tuple) -> ViTConfig:
     "The ViT configuration for images of `shape` (C, H, W)."
     c, h, w = shape
     if h != w: raise ConfigError(f"the ViT reads square images; {cfg.dataset} has {h}x{w}")
     return vit_config(cfg.model, img_size=h, in_chans=c, **({'patch_size': cfg.patch_size} if cfg.patch_size else {}))
-
 
 # %% ../nbs/08_train.ipynb #7c4de0ec
 def prepare_basis(cfg: PretrainConfig, images: Tensor, run_dir: Path, device=None) -> tuple[PCABasis | None, str, tuple]:
@@ -186,7 +188,6 @@ def build_model(cfg: PretrainConfig, vit: ViTConfig, basis: PCABasis | None, sta
     model.decoder.mask_token.requires_grad_(False)    # PMAE drops no token: the mask token is never used (DDP must not wait for it)
     return model
 
-
 # %% ../nbs/08_train.ipynb #8faa831f
 def rank_rows(x, procs: Processes):
     "This process's share of a global batch: its rows of `x` (a tensor, `PatchMask` or `ComponentMask`); per-batch masks and counts are shared."
@@ -194,7 +195,6 @@ def rank_rows(x, procs: Processes):
     if x is None or x.ndim == 0 or procs.world == 1 or len(x) == 1: return x
     b = len(x) // procs.world
     return x[procs.rank * b:(procs.rank + 1) * b]
-
 
 # %% ../nbs/08_train.ipynb #4d3bdcf8
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -204,7 +204,6 @@ def epoch_seed(seed: int, epoch: int, stream: int) -> int:
 def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     "The epoch's shuffled order of `n` training images (the same on every process)."
     return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, 0)))
-
 
 # %% ../nbs/08_train.ipynb #b0faa6f4
 def epoch_draws(model: MaskedAutoencoder, batch_size: int, n_batches: int, hw: tuple, generator, draw_steps: int = 1,
@@ -222,7 +221,6 @@ def draw_bytes(model: MaskedAutoencoder, batch_size: int, steps: int) -> int:
     if isinstance(model, PMAE): per_step = batch_size * len(model.ratios) * 40     # one draw per image (chapter 03)
     else: per_step = batch_size * model.config.n_patches * 20
     return steps * (per_step + batch_size * 24)
-
 
 # %% ../nbs/08_train.ipynb #86463994
 def to_device(t: Tensor, device: torch.device) -> Tensor:
@@ -259,53 +257,6 @@ def pretrain_batches(cfg: PretrainConfig, model: MaskedAutoencoder, images: Tens
         return loader_batches(images, order, cfg.batch_size, start_batch, epoch_seed(cfg.seed, epoch, 2), cfg.workers, procs, device, draws)
     return batches
 
-# %% ../nbs/08_train.ipynb #6efc32ac
-class CheckpointMismatchError(ValueError):
-    "A checkpoint written by a run with another configuration."
-
-CHECKPOINT_FORMAT = 'pmae-pretrain'
-RUNTIME_KEYS = {'data_root', 'download', 'device', 'compile', 'compile_mode', 'tf32', 'pipeline', 'workers', 'out',
-                'save_every', 'keep_every', 'background_save', 'log_every', 'precision', 'hidden_projection'}
-LEGACY_SEMANTICS = dict(cut='closest', loss_norm='hidden', norm_pix=True)   # what runs saved before these switches existed did
-
-def read_checkpoint(path, device='cpu') -> dict:
-    "A pre-training checkpoint, or a clear error if `path` is not one; a run saved before the semantics switches gets the semantics it ran."
-    state = read_saved(path, CHECKPOINT_FORMAT, 'checkpoint', 'pre-training checkpoint', device)
-    if 'config' in state: state['config'] = LEGACY_SEMANTICS | state['config']
-    return state
-
-
-# %% ../nbs/08_train.ipynb #11b139a8
-def check_resume(state: dict, cfg: PretrainConfig, vit: ViTConfig, pca_sha: str, path):
-    "Refuse to continue a checkpoint written for another model, data, recipe or PCA file."
-    if state['model_config'] != asdict(vit):
-        diff = {k: (v, asdict(vit)[k]) for k, v in state['model_config'].items() if asdict(vit)[k] != v}
-        raise CheckpointMismatchError(f"{path} is from another model configuration ({', '.join(f'{k}: {a} there, {b} here' for k, (a, b) in diff.items())}); "
-                                      "use another --out or the checkpoint's configuration")
-    diff = [k for k, v in state['config'].items() if k not in RUNTIME_KEYS and getattr(cfg, k, v) != v]
-    changes = ', '.join(f"{k}: {state['config'][k]!r} there, {getattr(cfg, k)!r} here" for k in diff)
-    if diff: raise CheckpointMismatchError(f"{path} was written with other settings ({changes}); "
-                                           "use another --out to start a new run")
-    if state['pca_sha256'] != pca_sha: raise CheckpointMismatchError(f"{path} was trained with another PCA file than the one this run uses")
-
-# %% ../nbs/08_train.ipynb #668d8bfb
-def load_encoder(path, device='cpu') -> MaskedAutoencoder:
-    "The pre-trained encoder (with its pixel statistics) of a checkpoint or of a `save_encoder` file, in eval mode, in float32."
-    state = read_checkpoint(path)
-    model = MaskedAutoencoder(ViTConfig(**state['model_config']))
-    weights = {k: v.float() for k, v in state['model'].items()}
-    missing, unexpected = model.load_state_dict(weights, strict=not state.get('encoder_only'))
-    if unexpected or any(not k.startswith('decoder.') for k in missing):
-        raise ValueError(f"{path} does not hold a whole encoder: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return model.to(device).eval()
-
-def save_encoder(checkpoint, path, dtype=torch.bfloat16) -> Path:
-    "Write the encoder and pixel statistics of `checkpoint` alone (no decoder, no optimiser), in `dtype`: what the probes need."
-    state = read_checkpoint(checkpoint)
-    keep = {k: v.to(dtype) for k, v in state['model'].items() if not k.startswith('decoder.')}
-    return atomic_save({k: v for k, v in state.items() if k not in ('model', 'optimizer', 'scheduler', 'scaler', 'rng')} |
-                       dict(model=keep, encoder_only=True, source_sha256=sha256_file(checkpoint)), path)
-
 # %% ../nbs/08_train.ipynb #67bc9f85
 def pretrain_loss(net: nn.Module, batch) -> Tensor:
     "The masked-autoencoding loss of one batch `(images, masks)`."
@@ -340,6 +291,34 @@ def float32_matmul(tf32: bool):
     try: yield
     finally: torch.set_float32_matmul_precision(old)
 
+# %% ../nbs/08_train.ipynb #6efc32ac
+class CheckpointMismatchError(ValueError):
+    "A checkpoint written by a run with another configuration."
+
+CHECKPOINT_FORMAT = 'pmae-pretrain'
+RUNTIME_KEYS = {'data_root', 'download', 'device', 'compile', 'compile_mode', 'tf32', 'pipeline', 'workers', 'out',
+                'save_every', 'keep_every', 'background_save', 'log_every', 'precision', 'hidden_projection'}
+LEGACY_SEMANTICS = dict(cut='closest', loss_norm='hidden', norm_pix=True)   # what runs saved before these switches existed did
+
+def read_checkpoint(path, device='cpu') -> dict:
+    "A pre-training checkpoint, or a clear error if `path` is not one; a run saved before the semantics switches gets the semantics it ran."
+    state = read_saved(path, CHECKPOINT_FORMAT, 'checkpoint', 'pre-training checkpoint', device)
+    if 'config' in state: state['config'] = LEGACY_SEMANTICS | state['config']
+    return state
+
+# %% ../nbs/08_train.ipynb #11b139a8
+def check_resume(state: dict, cfg: PretrainConfig, vit: ViTConfig, pca_sha: str, path):
+    "Refuse to continue a checkpoint written for another model, data, recipe or PCA file."
+    if state['model_config'] != asdict(vit):
+        diff = {k: (v, asdict(vit)[k]) for k, v in state['model_config'].items() if asdict(vit)[k] != v}
+        raise CheckpointMismatchError(f"{path} is from another model configuration ({', '.join(f'{k}: {a} there, {b} here' for k, (a, b) in diff.items())}); "
+                                      "use another --out or the checkpoint's configuration")
+    diff = [k for k, v in state['config'].items() if k not in RUNTIME_KEYS and getattr(cfg, k, v) != v]
+    changes = ', '.join(f"{k}: {state['config'][k]!r} there, {getattr(cfg, k)!r} here" for k in diff)
+    if diff: raise CheckpointMismatchError(f"{path} was written with other settings ({changes}); "
+                                           "use another --out to start a new run")
+    if state['pca_sha256'] != pca_sha: raise CheckpointMismatchError(f"{path} was trained with another PCA file than the one this run uses")
+
 # %% ../nbs/08_train.ipynb #2928f7c5
 @dataclass
 class RunParts:
@@ -352,7 +331,7 @@ class RunParts:
     state: dict | None         # the checkpoint to resume from
     steps_per_epoch: int
 
-# %% ../nbs/08_train.ipynb #859ee329
+# %% ../nbs/08_train.ipynb #f30eff72
 def open_run(cfg: PretrainConfig, procs: Processes, device) -> RunParts:
     "Load the data, check the batch, read the run folder's checkpoint, fit or load the PCA basis, and check it all belongs together."
     images, B = load_training_data(cfg).train.images, cfg.batch_size
@@ -363,7 +342,7 @@ def open_run(cfg: PretrainConfig, procs: Processes, device) -> RunParts:
     state = read_checkpoint(ckpt) if ckpt.exists() else None
     if state is None and procs.main: (run / 'config.json').write_text(json.dumps(asdict(cfg), indent=1))
     if procs.main: basis, pca_sha, stats = prepare_basis(cfg, images, run, device)   # the main process fits and saves the PCA first
-    barrier(procs)
+    procs.barrier()
     if not procs.main: basis, pca_sha, stats = prepare_basis(cfg, images, run, device)
     if state: check_resume(state, cfg, vit, pca_sha, ckpt)
     return RunParts(images, vit, basis, pca_sha, stats, state, len(images) // B)
@@ -376,13 +355,14 @@ def pretrain_callbacks(cfg: PretrainConfig, run: RunParts, procs: Processes, sto
                 pca_sha256=run.pca_sha, world_size=procs.world)
     return [DivergenceCB(cfg.log_every), MetricsCB(cfg.run_dir, cfg.batch_size, active=procs.main),
             ProgressCB(cfg.log_every, f"{cfg.method} {cfg.dataset}", cfg.batch_size, enabled=verbose and procs.main),
-            CheckpointCB(cfg.run_dir / 'checkpoint.pt', cfg.save_every, cfg.keep_every, meta, cfg.background_save),
-            StopCB(stop_after, time_limit, cfg.log_every, started)]
+            BackgroundCheckpointCB(cfg.run_dir / 'checkpoint.pt', cfg.save_every, cfg.keep_every, meta, cfg.background_save),
+            InterruptCB(stop_after, time_limit, cfg.log_every, started)]
 
+# %% ../nbs/08_train.ipynb #20664cac
 def pretrain_summary(cfg: PretrainConfig, run: RunParts, learn: Learner, device, procs: Processes, started: float) -> dict:
     "What a run did (also written to `pretrain.json` by the main process)."
     logged = read_metrics(cfg.run_dir) if procs.main else []
-    last = logged[-1]['loss'] if logged else getattr(learn, 'epoch_loss', float('nan'))   # a finished run called again: its last epoch
+    last = logged[-1]['loss'] if logged else learn.epoch_loss if learn.epoch_loss is not None else float('nan')
     summary = dict(status=learn.status, epochs_done=learn.epoch, step=learn.step, steps_total=cfg.epochs * run.steps_per_epoch,
                    final_epoch_loss=last, images_per_s=learn.images_per_s, wall_s=time.time() - started,
                    device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu', processes=procs.world,
@@ -391,7 +371,7 @@ def pretrain_summary(cfg: PretrainConfig, run: RunParts, learn: Learner, device,
     if procs.main: (cfg.run_dir / 'pretrain.json').write_text(json.dumps(summary, indent=1))
     return summary
 
-# %% ../nbs/08_train.ipynb #20664cac
+# %% ../nbs/08_train.ipynb #560752e3
 def pretrain(cfg: PretrainConfig, stop_after: int | None = None, time_limit: float | None = None, verbose: bool = True,
              cbs=()) -> dict:
     "Pre-train (or resume) the run `cfg` describes; stops early after `stop_after` total steps or `time_limit` seconds, resumably."
@@ -402,11 +382,30 @@ def pretrain(cfg: PretrainConfig, stop_after: int | None = None, time_limit: flo
     random.seed(cfg.seed); np.random.seed(cfg.seed)
     model = build_model(cfg, run.vit, run.basis, run.stats).to(device)
     batches = pretrain_batches(cfg, model, run.images, run.steps_per_epoch, device, procs)
-    callbacks = pretrain_callbacks(cfg, run, procs, stop_after, time_limit, started, verbose)
-    learn = pretrain_learner(cfg, model, batches, run.steps_per_epoch, device, procs, [*callbacks, *cbs])
+    learn = pretrain_learner(cfg, model, batches, run.steps_per_epoch, device, procs,
+                             [*pretrain_callbacks(cfg, run, procs, stop_after, time_limit, started, verbose), *cbs])
     if run.state: restore_learner(learn, run.state)
     with float32_matmul(cfg.tf32): learn.fit(cfg.epochs)
     return pretrain_summary(cfg, run, learn, device, procs, started)
+
+# %% ../nbs/08_train.ipynb #668d8bfb
+def load_encoder(path, device='cpu') -> MaskedAutoencoder:
+    "The pre-trained encoder (with its pixel statistics) of a checkpoint or of a `save_encoder` file, in eval mode, in float32."
+    state = read_checkpoint(path)
+    model = MaskedAutoencoder(ViTConfig(**state['model_config']))
+    weights = {k: v.float() for k, v in state['model'].items()}
+    missing, unexpected = model.load_state_dict(weights, strict=not state.get('encoder_only'))
+    if unexpected or any(not k.startswith('decoder.') for k in missing):
+        raise ValueError(f"{path} does not hold a whole encoder: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.to(device).eval()
+
+# %% ../nbs/08_train.ipynb #3b9e6f72
+def save_encoder(checkpoint, path, dtype=torch.bfloat16) -> Path:
+    "Write the encoder and pixel statistics of `checkpoint` alone (no decoder, no optimiser), in `dtype`: what the probes need."
+    state = read_checkpoint(checkpoint)
+    keep = {k: v.to(dtype) for k, v in state['model'].items() if not k.startswith('decoder.')}
+    return atomic_save({k: v for k, v in state.items() if k not in ('model', 'optimizer', 'scheduler', 'scaler', 'rng')} |
+                       dict(model=keep, encoder_only=True, source_sha256=sha256_file(checkpoint)), path)
 
 # %% ../nbs/08_train.ipynb #35f8dd7d
 def load_model(checkpoint) -> MaskedAutoencoder:

@@ -10,6 +10,7 @@ import torch
 import pmae.train as train
 from pmae.augment import augment
 from pmae.core import sha256_file
+from pmae.learner import Callback
 from pmae.train import PretrainConfig, TrainingDiverged, load_encoder, pretrain, read_checkpoint, read_metrics
 
 SMALL = dict(dataset='photos', model='micro', epochs=2, batch_size=32, limit=128, warmup_epochs=1, log_every=1, device='cpu')
@@ -52,15 +53,20 @@ def test_time_limit_stops_resumably_and_snapshots_are_kept(tmp_path):
     assert load_encoder(cfg.run_dir / 'epoch_0001.pt').encode(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 64)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+class InfiniteLoss(Callback):
+    "Makes the run's loss infinite: its loss function, times infinity."
+    def before_fit(self, learn):
+        good = learn.loss_fn
+        learn.loss_fn = lambda net, batch: good(net, batch) * float('inf')
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = PretrainConfig(**SMALL, save_every=1, out=str(tmp_path / 'run'))
     pretrain(replace(cfg, epochs=2), stop_after=4, verbose=False)             # epoch 1, checkpointed
     before = sha256_file(cfg.run_dir / 'checkpoint.pt')
-    good = train.pretrain_loss
-    monkeypatch.setattr(train, 'pretrain_loss', lambda net, batch: good(net, batch) * float('inf'))
     with pytest.raises(TrainingDiverged, match=r"the loss became inf at epoch 2, step 5: training stopped; the last good checkpoint, .*"
                                                 r"checkpoint.pt \(epoch 1\), is untouched"):
-        pretrain(cfg, verbose=False)
+        pretrain(cfg, verbose=False, cbs=[InfiniteLoss()])
     assert sha256_file(cfg.run_dir / 'checkpoint.pt') == before
 
 
