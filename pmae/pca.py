@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 from .core import as_float, atomic_save, check_images, read_saved, show_images
 
 # %% auto #0
-__all__ = ['CONSTANT_STD', 'STD_FLOOR', 'EXACT_CHUNK', 'PCA_FORMAT', 'PCA_FORMAT_VERSION', 'IMAGES_IN_USE', 'typical_std',
-           'safe_std', 'image_batches', 'PixelMoments', 'add_gram_', 'full_gram', 'pixel_stats',
-           'standardized_covariance', 'eigh_descending', 'numerical_rank', 'fix_signs', 'ShapeMismatchError',
-           'PCABasis', 'fit_pca', 'fit_pca_few', 'variance_table', 'show_eigen_images', 'plot_cumulative_variance']
+__all__ = ['CONSTANT_STD', 'STD_FLOOR', 'PCA_FORMAT', 'PCA_FORMAT_VERSION', 'IMAGES_IN_USE', 'EXACT_CHUNK', 'typical_std',
+           'safe_std', 'numerical_rank', 'fix_signs', 'ShapeMismatchError', 'PCABasis', 'variance_table',
+           'show_eigen_images', 'plot_cumulative_variance', 'image_batches', 'PixelMoments', 'add_gram_', 'full_gram',
+           'pixel_stats', 'standardized_covariance', 'eigh_descending', 'fit_pca', 'fit_pca_few']
 
 # %% ../nbs/01_pca.ipynb #0425a4bf
 CONSTANT_STD = 1e-6  # a pixel whose std (in [0, 1] units) is at most this never varies
@@ -40,113 +40,6 @@ def safe_std(std: Tensor) -> Tensor:
     floor = STD_FLOOR * typical_std(std)
     if floor <= CONSTANT_STD: return torch.ones_like(std)
     return std.clamp_min(floor)
-
-# %% ../nbs/01_pca.ipynb #2f0b6871
-def image_batches(images, batch_size: int = 4096):
-    "Yield (B, C, H, W) batches from a tensor, or from an iterable of batches or (images, labels) pairs."
-    if isinstance(images, Tensor):
-        check_images(images)
-        for i in range(0, len(images), batch_size): yield images[i:i + batch_size]
-    else:
-        for batch in images: yield check_images(batch[0] if isinstance(batch, (tuple, list)) else batch)
-
-# %% ../nbs/01_pca.ipynb #961aa0c1
-EXACT_CHUNK = 1024   # 1024 · 128² = 2²⁴: sums of products of shifted uint8 pixels over this many images are exact in float32
-
-class PixelMoments:
-    "Streams the count, per-pixel sums and (optionally) pixel-by-pixel Gram matrix of shifted images, in float64."
-    def __init__(self, shape, device=None, gram: bool = True):
-        self.shape, self.device, self.n = tuple(shape), torch.device(device or 'cpu'), 0
-        dim = int(np.prod(self.shape))
-        self.integer, self.shift = None, None   # set by the first batch: uint8 or float, and the shift s
-        self.sum = torch.zeros(dim, dtype=torch.float64, device=self.device)    # (D,) sum of (x - s)
-        self.sumsq = torch.zeros(dim, dtype=torch.float64, device=self.device)  # (D,) sum of (x - s)², when no Gram
-        # (D, D) sum of (x - s)(x - s)ᵀ; on CPU only its upper triangle is filled (BLAS syrk: half a matmul)
-        self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=self.device) if gram else None
-
-# %% ../nbs/01_pca.ipynb #86bfd030
-def add_gram_(gram: Tensor, x: Tensor) -> Tensor:
-    "In place: `gram += xᵀx` for a (B, D) batch; float32 batches must hold integers in [−128, 127]."
-    if gram.device.type != 'cpu': return gram.addmm_(x.T.double(), x.double())
-    g = gram.numpy().T   # Fortran-ordered view of the same memory: its lower triangle is gram's upper one
-    if x.dtype == torch.float64:
-        out = dsyrk(1.0, x.numpy().T, beta=1.0, c=g, trans=0, lower=1, overwrite_c=1)
-        if not np.shares_memory(out, g): g[...] = out
-        return gram
-    part = np.zeros_like(g, dtype=np.float32)   # exact float32 partial sums, added up in float64
-    for chunk in x.split(EXACT_CHUNK):
-        part = ssyrk(1.0, chunk.numpy().T, beta=0.0, c=part, trans=0, lower=1, overwrite_c=1)
-        np.add(g, part, out=g)
-    return gram
-
-# %% ../nbs/01_pca.ipynb #c899be02
-def full_gram(gram: Tensor) -> Tensor:
-    "The symmetric Gram matrix from one filled by `add_gram_` (a new tensor)."
-    if gram.device.type != 'cpu': return gram.clone()
-    full = gram.triu()
-    return full.add_(full.triu(1).T)
-
-# %% ../nbs/01_pca.ipynb #8fa1ba83
-@patch
-def update(self: PixelMoments, images: Tensor) -> PixelMoments:
-    "Add a batch of (B, C, H, W) images, uint8 in [0, 255] or float in [0, 1]."
-    check_images(images)
-    if tuple(images.shape[1:]) != self.shape:
-        raise ValueError(f"batch of images of shape {tuple(images.shape[1:])} in a stream of shape {self.shape}")
-    integer = images.dtype == torch.uint8
-    if not (integer or images.is_floating_point()): raise TypeError(f"expected uint8 or floating-point images, got {images.dtype}")
-    if self.integer is None: self.integer = integer
-    elif integer != self.integer: raise TypeError("a stream of images must be all uint8 or all floating point")
-    exact_f32 = integer and self.device.type == 'cpu'
-    x = images.to(self.device).flatten(1).to(torch.float32 if exact_f32 else torch.float64)   # (B, D) raw units
-    if self.shift is None: self.shift = torch.full_like(x[0], 128.) if integer else x.mean(0)
-    x = (x - self.shift).contiguous()                                                   # (B, D) shifted
-    self.n += len(x)
-    self.sum += x.sum(0, dtype=torch.float64)
-    if self.gram is not None: add_gram_(self.gram, x)
-    else: self.sumsq += x.double().square().sum(0)
-    return self
-
-# %% ../nbs/01_pca.ipynb #722b1147
-@patch(as_prop=True)
-def scale(self: PixelMoments) -> float: return 1 / 255 if self.integer else 1.0   # raw units -> [0, 1]
-
-@patch(as_prop=True)
-def mean(self: PixelMoments) -> Tensor: return (self.sum / self.n + self.shift.double()) * self.scale   # (D,)
-
-@patch(as_prop=True)
-def std(self: PixelMoments) -> Tensor:                                                     # (D,) population std
-    sq = self.sumsq if self.gram is None else full_gram(self.gram).diagonal()
-    return (sq / self.n - (self.sum / self.n) ** 2).clamp_min(0).sqrt() * self.scale
-
-# %% ../nbs/01_pca.ipynb #bd7229bf
-def pixel_stats(images, batch_size: int = 4096, device=None) -> tuple[Tensor, Tensor]:
-    "Per-pixel mean and std to standardise by (`safe_std` of the population std), streamed in float64, each (C, H, W)."
-    moments = None
-    for batch in image_batches(images, batch_size):
-        moments = moments or PixelMoments(batch.shape[1:], device, gram=False)
-        moments.update(batch)
-    if moments is None or moments.n == 0: raise ValueError("no images to compute statistics over")
-    return moments.mean.view(moments.shape), safe_std(moments.std).view(moments.shape)
-
-# %% ../nbs/01_pca.ipynb #ef8438e5
-def standardized_covariance(moments: PixelMoments) -> Tensor:
-    "Covariance (D, D) of per-pixel standardised images (std from `safe_std`), float64, with n − 1 in the denominator."
-    n, std, shifted_mean = moments.n, moments.std, moments.sum / moments.n
-    cov = full_gram(moments.gram).addr_(shifted_mean, shifted_mean, alpha=-n).div_(n - 1).mul_(moments.scale ** 2)
-    s = safe_std(std)
-    cov.div_(s[:, None]).div_(s[None, :])
-    constant = std <= CONSTANT_STD
-    cov[constant], cov[:, constant] = 0, 0
-    return cov
-
-# %% ../nbs/01_pca.ipynb #c26d7b01
-def eigh_descending(cov: Tensor) -> tuple[Tensor, Tensor]:
-    "Eigenvalues (D,) and eigenvectors as rows (D, D) of a symmetric matrix, by decreasing eigenvalue."
-    if cov.device.type == 'cpu':   # LAPACK through NumPy: faster than torch's on AMD CPUs
-        values, vectors = (torch.from_numpy(a) for a in np.linalg.eigh(cov.numpy()))
-    else: values, vectors = torch.linalg.eigh(cov)
-    return values.flip(0), vectors.flip(1).T.contiguous()
 
 # %% ../nbs/01_pca.ipynb #d95efe2b
 def numerical_rank(values: Tensor, dim: int, n: int) -> int:
@@ -194,45 +87,6 @@ def device(self: PCABasis) -> torch.device: return self.components.device
 def __repr__(self: PCABasis):
     return (f"PCABasis({self.source or 'images'} {self.shape}: {self.n_components} of {self.dim} components, "
             f"{float(self.ratios.sum()):.1%} of the variance, fit on {self.n_samples} images)")
-
-# %% ../nbs/01_pca.ipynb #451662f6
-def fit_pca(images, k: int | None = None, batch_size: int = 4096, device=None, source: str = '',
-            dtype=torch.float32, progress: bool = False) -> PCABasis:
-    "Exact PCA of per-pixel standardised, channel-major flattened `images` (tensor or iterable of batches)."
-    if isinstance(images, Tensor) and 2 <= len(images) < images[0].numel(): return fit_pca_few(images, k, device, source, dtype)
-    moments = None
-    for batch in tqdm(image_batches(images, batch_size), desc='PCA', disable=not progress, leave=False):
-        moments = moments or PixelMoments(batch.shape[1:], device)
-        moments.update(batch)
-    if moments is None or moments.n < 2:
-        raise ValueError(f"PCA needs at least 2 images, got {0 if moments is None else moments.n}")
-    values, vectors = eigh_descending(standardized_covariance(moments))
-    rank = numerical_rank(values, len(values), moments.n)
-    if k is not None and not 1 <= k <= rank:
-        raise ValueError(f"k={k} components requested, but only 1..{rank} have non-zero variance")
-    keep = k or rank
-    std = safe_std(moments.std)
-    return PCABasis(mean=moments.mean.view(moments.shape).to(dtype), std=std.view(moments.shape).to(dtype),
-                    components=fix_signs(vectors[:keep]).to(dtype), eigenvalues=values[:keep].clamp_min(0),
-                    total_variance=float(values[:rank].clamp_min(0).sum()), n_samples=moments.n, source=source)
-
-# %% ../nbs/01_pca.ipynb #f3d5c798
-def fit_pca_few(images: Tensor, k: int | None = None, device=None, source: str = '', dtype=torch.float32) -> PCABasis:
-    "Exact PCA of N < D images from the (N, N) Gram matrix of the standardised images instead of the (D, D) covariance."
-    moments = PixelMoments(images.shape[1:], device, gram=False).update(images)
-    n, std = moments.n, safe_std(moments.std)
-    z = (images.to(moments.device).flatten(1).double() * moments.scale - moments.mean) / std   # (N, D) standardised
-    z[:, moments.std <= CONSTANT_STD] = 0
-    values, u = eigh_descending(z @ z.T / (n - 1))                                             # (N,), (N, N) rows
-    rank = numerical_rank(values, z.shape[1], n)
-    if k is not None and not 1 <= k <= rank:
-        raise ValueError(f"k={k} components requested, but only 1..{rank} have non-zero variance")
-    keep = k or rank
-    vectors = u[:keep] @ z                                                                     # (keep, D)
-    vectors /= vectors.norm(dim=1, keepdim=True)
-    return PCABasis(mean=moments.mean.view(moments.shape).to(dtype), std=std.view(moments.shape).to(dtype),
-                    components=fix_signs(vectors).to(dtype), eigenvalues=values[:keep].clamp_min(0),
-                    total_variance=float(values[:rank].clamp_min(0).sum()), n_samples=n, source=source)
 
 # %% ../nbs/01_pca.ipynb #ba84d099
 def _shape_str(shape) -> str: return str(tuple(int(s) for s in shape))
@@ -345,3 +199,149 @@ def plot_cumulative_variance(bases, marks=(0.2, 0.8), ax=None):
     ax.set_xscale('log'); ax.set_xlabel('number of top components'); ax.set_ylabel('cumulative explained variance')
     ax.legend(); ax.set_title('explained variance')
     return ax
+
+# %% ../nbs/01_pca.ipynb #2f0b6871
+def image_batches(images, batch_size: int = 4096):
+    "Yield (B, C, H, W) batches from a tensor, or from an iterable of batches or (images, labels) pairs."
+    if isinstance(images, Tensor):
+        check_images(images)
+        for i in range(0, len(images), batch_size): yield images[i:i + batch_size]
+    else:
+        for batch in images: yield check_images(batch[0] if isinstance(batch, (tuple, list)) else batch)
+
+# %% ../nbs/01_pca.ipynb #961aa0c1
+EXACT_CHUNK = 1024   # 1024 · 128² = 2²⁴: sums of products of shifted uint8 pixels over this many images are exact in float32
+
+class PixelMoments:
+    "Streams the count, per-pixel sums and (optionally) pixel-by-pixel Gram matrix of shifted images, in float64."
+    def __init__(self, shape, device=None, gram: bool = True):
+        self.shape, self.device, self.n = tuple(shape), torch.device(device or 'cpu'), 0
+        dim = int(np.prod(self.shape))
+        self.integer, self.shift = None, None   # set by the first batch: uint8 or float, and the shift s
+        self.sum = torch.zeros(dim, dtype=torch.float64, device=self.device)    # (D,) sum of (x - s)
+        self.sumsq = torch.zeros(dim, dtype=torch.float64, device=self.device)  # (D,) sum of (x - s)², when no Gram
+        # (D, D) sum of (x - s)(x - s)ᵀ; on CPU only its upper triangle is filled (BLAS syrk: half a matmul)
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=self.device) if gram else None
+
+# %% ../nbs/01_pca.ipynb #86bfd030
+def add_gram_(gram: Tensor, x: Tensor) -> Tensor:
+    "In place: `gram += xᵀx` for a (B, D) batch; float32 batches must hold integers in [−128, 127]."
+    if gram.device.type != 'cpu': return gram.addmm_(x.T.double(), x.double())
+    g = gram.numpy().T   # Fortran-ordered view of the same memory: its lower triangle is gram's upper one
+    if x.dtype == torch.float64:
+        out = dsyrk(1.0, x.numpy().T, beta=1.0, c=g, trans=0, lower=1, overwrite_c=1)
+        if not np.shares_memory(out, g): g[...] = out
+        return gram
+    part = np.zeros_like(g, dtype=np.float32)   # exact float32 partial sums, added up in float64
+    for chunk in x.split(EXACT_CHUNK):
+        part = ssyrk(1.0, chunk.numpy().T, beta=0.0, c=part, trans=0, lower=1, overwrite_c=1)
+        np.add(g, part, out=g)
+    return gram
+
+# %% ../nbs/01_pca.ipynb #c899be02
+def full_gram(gram: Tensor) -> Tensor:
+    "The symmetric Gram matrix from one filled by `add_gram_` (a new tensor)."
+    if gram.device.type != 'cpu': return gram.clone()
+    full = gram.triu()
+    return full.add_(full.triu(1).T)
+
+# %% ../nbs/01_pca.ipynb #8fa1ba83
+@patch
+def update(self: PixelMoments, images: Tensor) -> PixelMoments:
+    "Add a batch of (B, C, H, W) images, uint8 in [0, 255] or float in [0, 1]."
+    check_images(images)
+    if tuple(images.shape[1:]) != self.shape:
+        raise ValueError(f"batch of images of shape {tuple(images.shape[1:])} in a stream of shape {self.shape}")
+    integer = images.dtype == torch.uint8
+    if not (integer or images.is_floating_point()): raise TypeError(f"expected uint8 or floating-point images, got {images.dtype}")
+    if self.integer is None: self.integer = integer
+    elif integer != self.integer: raise TypeError("a stream of images must be all uint8 or all floating point")
+    exact_f32 = integer and self.device.type == 'cpu'
+    x = images.to(self.device).flatten(1).to(torch.float32 if exact_f32 else torch.float64)   # (B, D) raw units
+    if self.shift is None: self.shift = torch.full_like(x[0], 128.) if integer else x.mean(0)
+    x = (x - self.shift).contiguous()                                                   # (B, D) shifted
+    self.n += len(x)
+    self.sum += x.sum(0, dtype=torch.float64)
+    if self.gram is not None: add_gram_(self.gram, x)
+    else: self.sumsq += x.double().square().sum(0)
+    return self
+
+# %% ../nbs/01_pca.ipynb #722b1147
+@patch(as_prop=True)
+def scale(self: PixelMoments) -> float: return 1 / 255 if self.integer else 1.0   # raw units -> [0, 1]
+
+@patch(as_prop=True)
+def mean(self: PixelMoments) -> Tensor: return (self.sum / self.n + self.shift.double()) * self.scale   # (D,)
+
+@patch(as_prop=True)
+def std(self: PixelMoments) -> Tensor:                                                     # (D,) population std
+    sq = self.sumsq if self.gram is None else full_gram(self.gram).diagonal()
+    return (sq / self.n - (self.sum / self.n) ** 2).clamp_min(0).sqrt() * self.scale
+
+# %% ../nbs/01_pca.ipynb #bd7229bf
+def pixel_stats(images, batch_size: int = 4096, device=None) -> tuple[Tensor, Tensor]:
+    "Per-pixel mean and std to standardise by (`safe_std` of the population std), streamed in float64, each (C, H, W)."
+    moments = None
+    for batch in image_batches(images, batch_size):
+        moments = moments or PixelMoments(batch.shape[1:], device, gram=False)
+        moments.update(batch)
+    if moments is None or moments.n == 0: raise ValueError("no images to compute statistics over")
+    return moments.mean.view(moments.shape), safe_std(moments.std).view(moments.shape)
+
+# %% ../nbs/01_pca.ipynb #ef8438e5
+def standardized_covariance(moments: PixelMoments) -> Tensor:
+    "Covariance (D, D) of per-pixel standardised images (std from `safe_std`), float64, with n − 1 in the denominator."
+    n, std, shifted_mean = moments.n, moments.std, moments.sum / moments.n
+    cov = full_gram(moments.gram).addr_(shifted_mean, shifted_mean, alpha=-n).div_(n - 1).mul_(moments.scale ** 2)
+    s = safe_std(std)
+    cov.div_(s[:, None]).div_(s[None, :])
+    constant = std <= CONSTANT_STD
+    cov[constant], cov[:, constant] = 0, 0
+    return cov
+
+# %% ../nbs/01_pca.ipynb #c26d7b01
+def eigh_descending(cov: Tensor) -> tuple[Tensor, Tensor]:
+    "Eigenvalues (D,) and eigenvectors as rows (D, D) of a symmetric matrix, by decreasing eigenvalue."
+    if cov.device.type == 'cpu':   # LAPACK through NumPy
+        values, vectors = (torch.from_numpy(a) for a in np.linalg.eigh(cov.numpy()))
+    else: values, vectors = torch.linalg.eigh(cov)
+    return values.flip(0), vectors.flip(1).T.contiguous()
+
+# %% ../nbs/01_pca.ipynb #451662f6
+def fit_pca(images, k: int | None = None, batch_size: int = 4096, device=None, source: str = '',
+            dtype=torch.float32, progress: bool = False) -> PCABasis:
+    "Exact PCA of per-pixel standardised, channel-major flattened `images` (tensor or iterable of batches)."
+    if isinstance(images, Tensor) and 2 <= len(images) < images[0].numel(): return fit_pca_few(images, k, device, source, dtype)
+    moments = None
+    for batch in tqdm(image_batches(images, batch_size), desc='PCA', disable=not progress, leave=False):
+        moments = moments or PixelMoments(batch.shape[1:], device)
+        moments.update(batch)
+    if moments is None or moments.n < 2:
+        raise ValueError(f"PCA needs at least 2 images, got {0 if moments is None else moments.n}")
+    values, vectors = eigh_descending(standardized_covariance(moments))
+    rank = numerical_rank(values, len(values), moments.n)
+    if k is not None and not 1 <= k <= rank:
+        raise ValueError(f"k={k} components requested, but only 1..{rank} have non-zero variance")
+    keep = k or rank
+    std = safe_std(moments.std)
+    return PCABasis(mean=moments.mean.view(moments.shape).to(dtype), std=std.view(moments.shape).to(dtype),
+                    components=fix_signs(vectors[:keep]).to(dtype), eigenvalues=values[:keep].clamp_min(0),
+                    total_variance=float(values[:rank].clamp_min(0).sum()), n_samples=moments.n, source=source)
+
+# %% ../nbs/01_pca.ipynb #f3d5c798
+def fit_pca_few(images: Tensor, k: int | None = None, device=None, source: str = '', dtype=torch.float32) -> PCABasis:
+    "Exact PCA of N < D images from the (N, N) Gram matrix of the standardised images instead of the (D, D) covariance."
+    moments = PixelMoments(images.shape[1:], device, gram=False).update(images)
+    n, std = moments.n, safe_std(moments.std)
+    z = (images.to(moments.device).flatten(1).double() * moments.scale - moments.mean) / std   # (N, D) standardised
+    z[:, moments.std <= CONSTANT_STD] = 0
+    values, u = eigh_descending(z @ z.T / (n - 1))                                             # (N,), (N, N) rows
+    rank = numerical_rank(values, z.shape[1], n)
+    if k is not None and not 1 <= k <= rank:
+        raise ValueError(f"k={k} components requested, but only 1..{rank} have non-zero variance")
+    keep = k or rank
+    vectors = u[:keep] @ z                                                                     # (keep, D)
+    vectors /= vectors.norm(dim=1, keepdim=True)
+    return PCABasis(mean=moments.mean.view(moments.shape).to(dtype), std=std.view(moments.shape).to(dtype),
+                    components=fix_signs(vectors).to(dtype), eigenvalues=values[:keep].clamp_min(0),
+                    total_variance=float(values[:rank].clamp_min(0).sum()), n_samples=n, source=source)
