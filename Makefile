@@ -47,9 +47,9 @@ sync-check: install
 nbtest: install
 	$(BIN)/nbdev-test --timing
 
-## Command-line, fault and bad-input tests, plus nbval's check of the committed outputs (tests/conftest.py)
+## Command-line, fault and bad-input tests (the notebooks are not run again here: nbtest runs them)
 pytest: install
-	$(BIN)/python -m pytest tests nbs --nbval-lax --nbval-current-env -p no:cacheprovider
+	$(BIN)/python -m pytest tests -p no:cacheprovider
 
 lab: install
 	$(BIN)/jupyter lab nbs

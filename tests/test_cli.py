@@ -97,7 +97,7 @@ def test_pca_command_writes_a_basis_pretrain_can_use(tmp_path, capsys):
 def test_every_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / 'bad.toml').write_text('dataset = "photos"\nlearning_rate = 0.1\n')
     (tmp_path / 'broken.toml').write_text('dataset = photos\n')
-    assert run(capsys, 'pca', '--dataset', 'photos', '--output', tmp_path / 'p32.pt')[0] == 0
+    assert run(capsys, 'pca', '--dataset', 'photos', '--image-size', 8, '--output', tmp_path / 'p8.pt')[0] == 0   # small: D = 192
     assert run(capsys, 'pretrain', *SMALL, '--epochs', 1, '--out', tmp_path / 'run', '--quiet')[0] == 0
     checkpoint = (tmp_path / 'run' / 'checkpoint.pt').read_bytes()
     (tmp_path / 'half.pt').write_bytes(checkpoint[:len(checkpoint) // 2])                      # a copy cut off half-way
@@ -106,8 +106,8 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (('pretrain', '--dataset', 'imagenet'), "dataset must be one of digits, photos, cifar10"),
         (('pretrain', '--dataset', 'cifar10', '--data-root', tmp_path / 'none'), "CIFAR-10 not found: expected"),
         (('pretrain', '--dataset', 'cifar10', '--data-root', tmp_path / 'none'), "pass --download to fetch it"),
-        (('pretrain', *SMALL, '--pca', tmp_path / 'p32.pt', '--out', tmp_path / 'o'),
-         f"the PCA file {tmp_path / 'p32.pt'} was fit on photos train (4778 images) of shape (3, 32, 32), but the photos training images have shape (3, 16, 16)"),
+        (('pretrain', *SMALL, '--pca', tmp_path / 'p8.pt', '--out', tmp_path / 'o'),
+         f"the PCA file {tmp_path / 'p8.pt'} was fit on photos train (5834 images) of shape (3, 8, 8), but the photos training images have shape (3, 16, 16)"),
         (('pretrain', *SMALL, '--pca', tmp_path / 'missing.pt'), f"no PCA file at {tmp_path / 'missing.pt'}"),
         (('pretrain', '--ratio', 1.2), "ratio must be strictly between 0 and 1, got 1.2"),
         (('pretrain', '--ratio', -0.1), "ratio must be strictly between 0 and 1, got -0.1"),
@@ -121,12 +121,12 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (('pretrain', '--epoch', 3), "unrecognized arguments: --epoch 3"),
         (('pretrain', '--epochs', 'ten'), "argument --epochs: invalid int value: 'ten'"),
         (('probe', tmp_path / 'nothing.pt', '--kind', 'knn'), f"no checkpoint at {tmp_path / 'nothing.pt'}"),
-        (('probe', tmp_path / 'p32.pt', '--kind', 'knn'), "is not a pmae pre-training checkpoint"),
+        (('probe', tmp_path / 'p8.pt', '--kind', 'knn'), "is not a pmae pre-training checkpoint"),
         (('probe', tmp_path / 'half.pt', '--kind', 'knn'), f"{tmp_path / 'half.pt'} is not a readable checkpoint: it is incomplete or damaged"),
         (('pretrain', *SMALL, '--epochs', 1, '--out', tmp_path / 'cut'), f"{tmp_path / 'cut' / 'checkpoint.pt'} is not a readable checkpoint: it is incomplete"),
         (('probe', tmp_path / 'run' / 'checkpoint.pt', '--kind', 'svm'), "kind must be one of linear, mlp, knn, finetune, fast; got 'svm'"),
         (('probe', tmp_path / 'run', '--kind', 'fast'), f"{tmp_path / 'run'} is a pre-training run, not an export: use {tmp_path / 'run' / 'checkpoint.pt'}"),
-        (('export', tmp_path / 'p32.pt', tmp_path / 'exp'), f"{tmp_path / 'p32.pt'} is not a pmae pre-training checkpoint"),
+        (('export', tmp_path / 'p8.pt', tmp_path / 'exp'), f"{tmp_path / 'p8.pt'} is not a pmae pre-training checkpoint"),
         (('export', tmp_path / 'nothing.pt', tmp_path / 'exp'), f"no checkpoint at {tmp_path / 'nothing.pt'}"),
         (('export', tmp_path / 'run' / 'checkpoint.pt', tmp_path / 'run'), f"{tmp_path / 'run'} already exists: pmae export writes a new folder"),
         (('export', tmp_path / 'run' / 'checkpoint.pt'), "the following arguments are required: out_dir"),

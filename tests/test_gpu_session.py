@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pmae.cli import main
 from pmae.results import check_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,10 +125,12 @@ def test_finish_fails_cleanly_where_the_machine_kept_nothing(tmp_path):
     assert r.returncode == 2 and 'nothing to finish' in r.stdout and 'Traceback' not in r.stderr, r.stdout + r.stderr
 
 
-def test_encoders_are_small_and_can_be_probed_elsewhere(finished, tmp_path):
+def test_encoders_are_small_and_can_be_probed_elsewhere(finished, tmp_path, capsys, monkeypatch):
+    "A copied encoder file alone, in another folder, is probed by the `pmae` command (run in this process: no start-up)."
     for tag in JOBS: assert (finished['back'] / f'{tag}_encoder_bf16.pt').stat().st_size < 16 * 2**20
     encoder = tmp_path / 'received.pt'
     encoder.write_bytes((finished['back'] / 'pmae_0.1_encoder_bf16.pt').read_bytes())
-    r = subprocess.run([sys.executable, '-m', 'pmae.cli', 'probe', str(encoder), '--kind', 'fast', '--epochs', '2', '--device', 'cpu'],
-                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and 'fast probe of' in r.stdout, r.stderr[-2000:]
+    monkeypatch.chdir(tmp_path); capsys.readouterr()
+    code = main(['probe', str(encoder), '--kind', 'fast', '--epochs', '2', '--device', 'cpu'])
+    out, err = capsys.readouterr()
+    assert code == 0 and 'fast probe of' in out, err[-2000:]

@@ -1,6 +1,7 @@
-"""The front page `nbs/index.ipynb`: its chapter map names every chapter notebook, and the module each one exports.
+"""The front page `nbs/index.ipynb`: its chapter map names every chapter notebook, and the module each one exports, in the
+reader's order (01 onwards, then 00, the engineering core, as reference).
 
-The map is a Markdown table a reader sees first; nothing executes it, so this test keeps it true when chapters are
+The map is Markdown a reader sees first (two tables); nothing executes it, so this test keeps it true when chapters are
 added, renumbered or renamed. It reads the notebooks as JSON and runs nothing.
 """
 import json
@@ -33,8 +34,14 @@ def chapter_map() -> list[tuple[str, str, str]]:
 def test_map_lists_every_chapter():
     rows = chapter_map()
     chapters = sorted(p.name for p in NBS.glob('[0-9][0-9]_*.ipynb'))
-    assert [f for _, f, _ in rows] == chapters
+    assert sorted(f for _, f, _ in rows) == chapters                       # each chapter notebook, each once
     for number, file, _ in rows: assert file.startswith(number + '_'), (number, file)
+
+
+def test_map_follows_the_readers_path_with_the_core_last():
+    "Chapters 01 onwards in order, then chapter 00 (the engineering core) on its own, as reference."
+    numbers = [n for n, _, _ in chapter_map()]
+    assert numbers == sorted(n for n in numbers if n != '00') + ['00']
 
 
 def test_map_names_each_chapters_module():

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from pmae.cli import main
 from pmae.reproduce import (BUDGETS, PROVENANCE, STAND_IN, BudgetError, Job, check_device, data_root, default_jobs, job_config,
                             reproduce, result_path)
 from pmae.results import (PAPER_COLUMNS, PAPER_TABLE, PROBE_NAMES, ProvenanceError, check_result, load_results, paper_results,
@@ -13,8 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pmae_cli(*args, cwd=None):
+    "`python -m pmae.cli args...` in a new process."
     return subprocess.run([sys.executable, '-m', 'pmae.cli', *map(str, args)], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, 'PMAE_DATA': '', 'PMAE_COMPILE_BACKEND': 'aot_eager'}, timeout=900)
+
+
+def pmae_main(capsys, monkeypatch, *args) -> tuple[int, str]:
+    "`pmae args...` in this process, in `pmae_cli`'s environment: (exit code, stderr). No interpreter start-up per call."
+    monkeypatch.setenv('PMAE_DATA', ''); monkeypatch.setenv('PMAE_COMPILE_BACKEND', 'aot_eager')
+    capsys.readouterr()
+    try: code = main([str(a) for a in args])
+    except SystemExit as e: code = e.code
+    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope='module')
@@ -136,7 +147,7 @@ def test_a_curve_budget_probes_every_point_and_scores_the_pretext_task(tmp_path)
     assert points[0]['wall_s'] < points[1]['wall_s'] and points[0]['predict_nothing'] == points[1]['predict_nothing']
 
 
-def test_cli_reproduce(tmp_path):
+def test_cli_reproduce(tmp_path, capsys, monkeypatch):
     p = pmae_cli('reproduce', 'cifar10', '--budget', 'smoke', '--jobs', 'pmae:0.2,cut=closest,loss_norm=hidden', '--data-root', tmp_path / 'none',
                  '--runs', tmp_path / 'runs', '--results', tmp_path / 'results', '--quiet', '--device', 'cpu',
                  '--compile', '--compile-mode', 'default', '--save-every', 1)
@@ -147,7 +158,9 @@ def test_cli_reproduce(tmp_path):
     assert saved['semantics'] == dict(cut='closest', loss_norm='hidden', norm_pix=False) and saved['row'] == 'PMAE r=0.2, as written'
     config = saved['pretrain']['config']
     assert (config['compile'], config['compile_mode'], config['save_every'], config['device']) == (True, 'default', 1, 'cpu')
-    for args, message in ((('cifar10', '--budget', 'paper', '--device', 'cpu'), "needs a GPU"),
+    p = pmae_cli('reproduce', 'cifar10', '--budget', 'paper', '--device', 'cpu', '--runs', tmp_path / 'runs', '--results', tmp_path / 'results')
+    assert p.returncode == 2 and "needs a GPU" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr   # the process's exit code
+    for args, message in ((('cifar10', '--budget', 'paper', '--device', 'cpu'), "needs a GPU"),         # each bad input, in this process
                           (('cifar10', '--budget', 'cpu', '--data-root', tmp_path / 'none'), 'CIFAR-10 not found'),
                           (('mnist', '--budget', 'smoke'), "unknown data set 'mnist'"),
                           (('cifar10', '--jobs', 'pmae:lots'), "bad job 'pmae:lots'"),
@@ -155,9 +168,9 @@ def test_cli_reproduce(tmp_path):
                           (('cifar10', '--jobs', 'pmae:0.1,sharpness=2'), "bad job 'pmae:0.1,sharpness=2'"),
                           (('cifar10', '--budget', 'huge'), "invalid choice: 'huge'"),
                           (('cifar10', '--compile-mode', 'fast'), "invalid choice: 'fast'")):
-        p = pmae_cli('reproduce', *args, '--runs', tmp_path / 'runs', '--results', tmp_path / 'results')
-        assert p.returncode == 2, (args, p.stdout, p.stderr)
-        assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        code, err = pmae_main(capsys, monkeypatch, 'reproduce', *args, '--runs', tmp_path / 'runs', '--results', tmp_path / 'results')
+        assert code == 2, (args, err)
+        assert message in err and len(err.strip().splitlines()) == 1 and 'Traceback' not in err, err
 
 
 def test_stop_epoch_ends_the_schedule_early_and_says_so(tmp_path):
