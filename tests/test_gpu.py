@@ -3,7 +3,7 @@ resume, PCA on the GPU, features and every probe, fp16 with a gradient scaler, n
 `pmae reproduce` on CUDA and a one-process NCCL run under torchrun.
 
 Every test is marked `gpu` and skipped, with its reason shown (`pytest -ra`), where torch sees no CUDA device. The file
-needs only pytest, torch, timm, scikit-learn and the package's own imports (no nbdev, nbval or medmnist), so that
+needs only pytest, torch, timm, scikit-learn and the package's own imports (no nbdev or medmnist), so that
 `python -m pytest tests/test_gpu.py -ra` runs as is on a bare GPU machine; it takes a few minutes on an H100."""
 import json, os, subprocess, sys
 from dataclasses import replace
