@@ -16,9 +16,9 @@ from torch import Tensor
 import pmae
 
 # %% auto #0
-__all__ = ['COMMIT_FILE', 'check_images', 'as_float', 'atomic_write', 'atomic_save', 'write_json', 'why_unreadable', 'read_saved',
-           'sha256_file', 'ConfigError', 'Config', 'option', 'show_images', 'pick_device', 'autocast_dtype',
-           'git_commit', 'write_commit_file', 'loaded_commit', 'device_name']
+__all__ = ['PRECISIONS', 'COMMIT_FILE', 'check_images', 'as_float', 'atomic_write', 'atomic_save', 'write_json', 'why_unreadable',
+           'read_saved', 'sha256_file', 'ConfigError', 'Config', 'option', 'show_images', 'pick_device',
+           'autocast_dtype', 'git_commit', 'write_commit_file', 'loaded_commit', 'device_name']
 
 # %% ../nbs/00_core.ipynb #a940a3c4
 def check_images(images) -> Tensor:
@@ -136,6 +136,8 @@ def pick_device(name: str = 'auto') -> torch.device:
         return torch.device('cuda', torch.cuda.current_device()) if device.type == 'cuda' and device.index is None else device
     if torch.cuda.is_available(): return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     return torch.device('cpu')
+
+PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')   # every config's `precision` choices; 'auto': bf16 on CUDA, fp32 elsewhere
 
 def autocast_dtype(precision: str, device: torch.device):
     "The autocast dtype for `precision` on `device` (None: full fp32)."

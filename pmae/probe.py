@@ -6,8 +6,8 @@ Docs: https://github.com/pmae-dev/pmae/probe.html.md"""
 
 # %% ../nbs/09_probe.ipynb #d5259790
 from __future__ import annotations
-import hashlib, json, time
-from dataclasses import asdict, dataclass, fields, replace
+import hashlib, time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,20 +16,21 @@ from torch import nn, Tensor
 from tqdm.auto import tqdm
 from fastcore.basics import patch
 
-from .data import Split
+from .data import ImageDataset, Split
 from .mae import MaskedAutoencoder
 from .learner import Callback, Learner, ProgressCB, lr_factor
 from .export import export_sha256, load_timm, read_export
 from .train import PretrainConfig, epoch_order, epoch_seed, load_encoder, load_training_data, read_checkpoint
-from .core import Config, ConfigError, atomic_save, atomic_write, autocast_dtype, option, pick_device, sha256_file, write_json
+from .core import PRECISIONS, Config, ConfigError, atomic_save, autocast_dtype, option, pick_device, sha256_file, write_json
 from .augment import augment
 
 # %% auto #0
-__all__ = ['KINDS', 'PRECISIONS', 'RECIPES', 'extract_features', 'images_sha256', 'feature_cache_path', 'cached_features',
-           'knn_predict', 'accuracy', 'knn_sweep', 'ProbeConfig', 'make_head', 'param_groups', 'make_optimizer',
-           'EvalCB', 'classifier_batches', 'cross_entropy', 'fit_classifier', 'predict', 'fast_probe',
-           'EncoderClassifier', 'train_probe', 'probe_json_path', 'probe_data', 'probe_summary', 'probe_features',
-           'probe_record', 'probe_result', 'run_probe']
+__all__ = ['KINDS', 'RECIPES', 'extract_features', 'images_sha256', 'feature_cache_path', 'cached_features', 'knn_predict',
+           'accuracy', 'knn_sweep', 'recipe_help', 'ProbeConfig', 'make_head', 'param_groups', 'probe_optimizer',
+           'EvalCB', 'classifier_batches', 'cross_entropy', 'predict', 'fit_classifier', 'fast_probe',
+           'EncoderClassifier', 'feature_splits', 'split_of', 'frozen_probe', 'finetune', 'train_probe',
+           'probe_json_path', 'ProbeSource', 'probe_data', 'probe_features', 'fit_probe', 'probe_record',
+           'probe_summary', 'run_probe']
 
 # %% ../nbs/09_probe.ipynb #2b6c4b97
 def extract_features(model: MaskedAutoencoder, images: Tensor, batch_size: int = 1024, device=None, dtype=None,
@@ -49,6 +50,7 @@ def images_sha256(images: Tensor) -> str:
     h.update(images.detach().cpu().contiguous().numpy())
     return h.hexdigest()
 
+# %% ../nbs/09_probe.ipynb #9c9c78bf
 def feature_cache_path(checkpoint, split: str) -> Path:
     "Where the features of `split` computed by `checkpoint` are cached: a file beside it (in it, for an exported folder)."
     checkpoint = Path(checkpoint)
@@ -98,7 +100,6 @@ def knn_sweep(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, 
 
 # %% ../nbs/09_probe.ipynb #41003188
 KINDS = ('linear', 'mlp', 'knn', 'finetune', 'fast')
-PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 RECIPES = {   # the paper's evaluation protocol; 'fast' is ours (tests and learning curves); kNN trains nothing
     'linear':   dict(epochs=100, batch_size=512, base_lr=0.1, warmup_epochs=10, weight_decay=0.0, augment=True),
     'mlp':      dict(epochs=100, batch_size=512, base_lr=0.1, warmup_epochs=10, weight_decay=0.0, augment=True),
@@ -106,22 +107,29 @@ RECIPES = {   # the paper's evaluation protocol; 'fast' is ours (tests and learn
     'fast':     dict(epochs=30, batch_size=256, base_lr=0.02, warmup_epochs=0, weight_decay=0.0, augment=False),
 }
 
+def recipe_help(value) -> str:
+    "The recipes' defaults of `value` (a key, or a function of a recipe) for a help string: linear's, then each kind's that differs."
+    get = value if callable(value) else lambda recipe: recipe[value]
+    common = get(RECIPES['linear'])
+    return '; '.join([str(common), *(f"{kind} {get(r)}" for kind, r in RECIPES.items() if get(r) != common)])
+
 # %% ../nbs/09_probe.ipynb #6c51087d
 @dataclass
 class ProbeConfig(Config):
     "Everything that defines a probe run; `None` means the kind's recipe (`RECIPES`)."
-    kind: str = option('linear', "linear, mlp, knn, finetune, or fast (a linear probe on cached features, no augmentation)")
-    epochs: int | None = option(None, "training epochs (default: the kind's recipe: 100; fast 30)")
-    batch_size: int | None = option(None, "batch size, clipped to the number of training images (default: 512; fast 256)")
-    base_lr: float | None = option(None, "lr = base_lr * batch_size / 256 (default: 0.1; fine-tuning 1e-3; fast 0.02)")
-    warmup_epochs: int | None = option(None, "warm-up epochs (default: the paper's fraction of the epochs: 10 of 100, 5 of 100 for fine-tuning)")
-    weight_decay: float | None = option(None, "weight decay (default: 0 for probes, 0.05 for fine-tuning)")
-    augment: bool | None = option(None, "crop + flip of the training images (linear, mlp, finetune; default: on)")
+    kind: str = option('linear', f"{', '.join(KINDS)} (fast: a linear probe on cached features, no augmentation)")
+    epochs: int | None = option(None, f"training epochs (default: the kind's recipe: {recipe_help('epochs')})")
+    batch_size: int | None = option(None, f"batch size, clipped to the number of training images (default: {recipe_help('batch_size')})")
+    base_lr: float | None = option(None, f"lr = base_lr * batch_size / 256 (default: {recipe_help('base_lr')})")
+    warmup_epochs: int | None = option(None, "warm-up epochs (default: the recipe's fraction of the epochs: "
+                                             + recipe_help(lambda r: f"{r['warmup_epochs']} of {r['epochs']}") + ")")
+    weight_decay: float | None = option(None, f"weight decay (default: {recipe_help('weight_decay')})")
+    augment: bool | None = option(None, f"crop + flip of the training images (default: {recipe_help('augment')})")
     k_min: int = option(2, "kNN: k from k_min to k_max")
     k_max: int = option(19, "kNN: the largest k of the sweep")
     seed: int = option(0, "seed of the head's initialisation, the order of the images and the augmentation")
     device: str = option('auto', "'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    precision: str = option('auto', "autocast: 'auto' (bf16 on CUDA, fp32 elsewhere), 'bf16', 'fp16', 'fp32'")
+    precision: str = option('auto', f"autocast: {', '.join(PRECISIONS)} ('auto': bf16 on CUDA, fp32 elsewhere)")
     data_root: str = option('', "where the data set lives ('': the checkpoint's data_root)")
     limit: int = option(-1, "a fixed random subset of N training images (-1: the checkpoint's limit, 0: all)")
     feature_batch: int = option(1024, "batch for feature extraction and evaluation")
@@ -167,6 +175,7 @@ def make_head(kind: str, width: int, n_classes: int) -> nn.Module:
     nn.init.trunc_normal_(head.weight, std=0.01); nn.init.zeros_(head.bias)
     return head
 
+# %% ../nbs/09_probe.ipynb #02bf975c
 def param_groups(named_params, weight_decay: float) -> list[dict]:
     "Optimiser groups: weight decay on weight matrices only (not biases, norms or tokens)."
     named = [(n, p) for n, p in named_params if p.requires_grad]
@@ -175,11 +184,12 @@ def param_groups(named_params, weight_decay: float) -> list[dict]:
             {'params': [p for n, p in named if no_decay(n, p)], 'weight_decay': 0.0}]
 
 # %% ../nbs/09_probe.ipynb #d2901751
-def make_optimizer(groups: list[dict], kind: str, lr: float) -> torch.optim.Optimizer:
-    "The probe's optimiser: AdamW (0.9, 0.999) for fine-tuning and the fast probe, else SGD with momentum 0.9."
+def probe_optimizer(groups: list[dict], kind: str, lr: float) -> torch.optim.Optimizer:
+    "The optimiser of a probe of `kind`: AdamW (0.9, 0.999) for fine-tuning and the fast probe, else SGD with momentum 0.9."
     if kind in ('finetune', 'fast'): return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
     return torch.optim.SGD(groups, lr=lr, momentum=0.9)
 
+# %% ../nbs/09_probe.ipynb #a3682858
 class EvalCB(Callback):
     "Train mode during each epoch, eval mode after it; the epoch's mean loss, test accuracy and learning rate in `learn.history`."
     order = 15
@@ -203,43 +213,45 @@ def classifier_batches(x: Tensor, y: Tensor, batch_size: int, seed: int, transfo
             if b >= start: yield xb, y[idx]
     return batches
 
+# %% ../nbs/09_probe.ipynb #db595511
 def cross_entropy(net: nn.Module, batch) -> Tensor:
     "The classification loss of one batch `(inputs, labels)` (logits in float32)."
     return F.cross_entropy(net(batch[0]).float(), batch[1])
 
-# %% ../nbs/09_probe.ipynb #dda8df16
-def fit_classifier(net: nn.Module, params: list[dict], x: Tensor, y: Tensor, evaluate, cfg: ProbeConfig,
-                   transform=None, dtype=None, progress: bool = False) -> dict:
-    "Train `net` on (x, y) with `cfg`'s resolved recipe on the `Learner`, evaluating every epoch: best and final accuracy (%)."
-    B = min(cfg.batch_size, len(x))
-    steps, lr = len(x) // B, cfg.base_lr * B / 256
-    opt = make_optimizer(params, cfg.kind, lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps * cfg.epochs, cfg.warmup_epochs * steps))
-    cbs = [EvalCB(evaluate), ProgressCB(every=steps, desc=f"{cfg.kind} probe", enabled=progress)]
-    learn = Learner(net, classifier_batches(x, y.to(x.device), B, cfg.seed, transform), cross_entropy, opt, sched, cbs,
-                    dtype=dtype, steps_per_epoch=steps).fit(cfg.epochs)
-    best = max(learn.history, key=lambda h: h['test_acc'])                        # the earliest among equals
-    return {'kind': cfg.kind, 'accuracy': best['test_acc'], 'best_acc': best['test_acc'], 'best_epoch': best['epoch'],
-            'final_acc': learn.history[-1]['test_acc'], 'batch_size': B, 'lr': lr, 'steps': steps * cfg.epochs,
-            'history': learn.history}
-
+# %% ../nbs/09_probe.ipynb #7b3b19f1
 def predict(net: nn.Module, x: Tensor, batch_size: int = 1024, dtype=None) -> Tensor:
     "Predicted labels (N,) of `net` on inputs `x`, in batches, without a graph."
     with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         return torch.cat([net(xb).argmax(-1) for xb in x.split(batch_size)])
 
+# %% ../nbs/09_probe.ipynb #dda8df16
+def fit_classifier(net: nn.Module, params: list[dict], x: Tensor, y: Tensor, evaluate, cfg: ProbeConfig, progress: bool = False) -> dict:
+    "Train `net` on (x, y) with `cfg`'s resolved recipe on the `Learner`, calling `evaluate()` every epoch: best and final accuracy (%)."
+    B = min(cfg.batch_size, len(x))
+    steps, lr = len(x) // B, cfg.base_lr * B / 256
+    opt = probe_optimizer(params, cfg.kind, lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps * cfg.epochs, cfg.warmup_epochs * steps))
+    cbs = [EvalCB(evaluate), ProgressCB(every=steps, desc=f"{cfg.kind} probe", enabled=progress)]
+    batches = classifier_batches(x, y.to(x.device), B, cfg.seed, augment if cfg.augment else None)
+    learn = Learner(net, batches, cross_entropy, opt, sched, cbs, dtype=autocast_dtype(cfg.precision, x.device),
+                    steps_per_epoch=steps).fit(cfg.epochs)
+    best = max(learn.history, key=lambda h: h['test_acc'])                        # the earliest among equals
+    return {'kind': cfg.kind, 'accuracy': best['test_acc'], 'best_acc': best['test_acc'], 'best_epoch': best['epoch'],
+            'final_acc': learn.history[-1]['test_acc'], 'batch_size': B, 'lr': lr, 'steps': steps * cfg.epochs,
+            'history': learn.history}
+
 # %% ../nbs/09_probe.ipynb #c636206a
 def fast_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, n_classes: int,
                cfg: ProbeConfig = ProbeConfig('fast'), progress: bool = False) -> dict:
     "Linear probe on fixed features (N, d), standardised with the training statistics; `cfg`'s recipe (default: 'fast')."
-    cfg = cfg.resolved()
+    cfg = replace(cfg.resolved(), augment=False, precision='fp32')             # features, not images; a float32 head
     test_x = test_x.to(train_x.device)
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)                 # (d,)
     sx, tx = (train_x - mean) / std, (test_x - mean) / std
     torch.manual_seed(cfg.seed)
     head = make_head('linear', train_x.shape[1], n_classes).to(train_x.device)
     evaluate = lambda: accuracy(predict(head, tx), test_y)
-    return fit_classifier(head, param_groups(head.named_parameters(), cfg.weight_decay), sx, train_y, evaluate, cfg, progress=progress)
+    return fit_classifier(head, param_groups(head.named_parameters(), cfg.weight_decay), sx, train_y, evaluate, cfg, progress)
 
 # %% ../nbs/09_probe.ipynb #1b1e86c8
 class EncoderClassifier(nn.Module):
@@ -259,31 +271,50 @@ class EncoderClassifier(nn.Module):
         if self.frozen: self.model.eval()
         return self
 
+# %% ../nbs/09_probe.ipynb #f01818eb
+def feature_splits(cfg: ProbeConfig) -> tuple[str, ...]:
+    "The splits whose frozen features probe `cfg` (resolved) reads: none to fine-tune, the test split's, and the training split's unless augmented."
+    if cfg.kind == 'finetune': return ()
+    if cfg.kind in ('linear', 'mlp') and cfg.augment: return ('test',)
+    return ('test', 'train')                                                   # kNN and the fast probe never augment
+
+def split_of(ds: ImageDataset, name: str) -> Split:
+    "The split of `ds` called `name` in the feature caches: 'train', or 'test' (the evaluation split)."
+    return ds.train if name == 'train' else ds.eval
+
+# %% ../nbs/09_probe.ipynb #41b23bff
+def frozen_probe(model, head: nn.Module, ds: ImageDataset, cfg: ProbeConfig, features: dict, progress: bool = False) -> dict:
+    "Train `head` on the frozen `model`'s [CLS] of the augmented training images, or on their fixed `features` (`feature_splits(cfg)`)."
+    device = next(model.parameters()).device
+    groups = param_groups(head.named_parameters(), cfg.weight_decay)
+    test_x, test_y = features['test'].to(device), ds.eval.labels.to(device)     # (N_test, width), (N_test,)
+    evaluate = lambda: accuracy(predict(head, test_x), test_y)
+    if not cfg.augment: return fit_classifier(head, groups, features['train'].to(device), ds.train.labels, evaluate, cfg, progress)
+    return fit_classifier(EncoderClassifier(model, head), groups, ds.train.images.to(device), ds.train.labels, evaluate, cfg, progress)
+
+# %% ../nbs/09_probe.ipynb #e175688d
+def finetune(model, head: nn.Module, ds: ImageDataset, cfg: ProbeConfig, progress: bool = False) -> dict:
+    "Train `model`'s encoder and `head` together on `ds`'s training images, evaluating the whole classifier on its test images."
+    device = next(model.parameters()).device
+    net = EncoderClassifier(model.train(), head, frozen=False)
+    groups = param_groups([*model.encoder.named_parameters(), *head.named_parameters()], cfg.weight_decay)
+    test_x, test_y, dtype = ds.eval.images.to(device), ds.eval.labels.to(device), autocast_dtype(cfg.precision, device)
+    evaluate = lambda: accuracy(predict(net, test_x, cfg.feature_batch, dtype), test_y)
+    return fit_classifier(net, groups, ds.train.images.to(device), ds.train.labels, evaluate, cfg, progress)
+
 # %% ../nbs/09_probe.ipynb #43c894ee
-def train_probe(model: MaskedAutoencoder, train: Split, test: Split, n_classes: int, cfg: ProbeConfig,
-                test_features: Tensor | None = None, train_features: Tensor | None = None, progress: bool = False) -> dict:
-    "Linear or MLP probe, or fine-tuning, of `model` on labelled images with `cfg`'s recipe: best and final test accuracy (%)."
+def train_probe(model, ds: ImageDataset, cfg: ProbeConfig, features: dict | None = None, progress: bool = False) -> dict:
+    "Linear or MLP probe, or fine-tuning, of `model` on `ds` with `cfg`'s recipe (on `features` if given): best and final test accuracy (%)."
     cfg = cfg.resolved()
     if cfg.kind not in ('linear', 'mlp', 'finetune'): raise ValueError(f"train_probe trains linear, mlp or finetune probes, not {cfg.kind!r}")
     device = next(model.parameters()).device
-    dtype = autocast_dtype(cfg.precision, device)
     torch.manual_seed(cfg.seed)
-    head = make_head(cfg.kind, model.config.width, n_classes).to(device)
-    if cfg.kind == 'finetune':
-        net = EncoderClassifier(model.train(), head, frozen=False)
-        groups = param_groups([*model.encoder.named_parameters(), *head.named_parameters()], cfg.weight_decay)
-        evaluate = lambda: accuracy(predict(net, test.images.to(device), cfg.feature_batch, dtype), test.labels)
-    else:
-        net = EncoderClassifier(model, head)
-        groups = param_groups(head.named_parameters(), cfg.weight_decay)
-        if test_features is None: test_features = extract_features(model, test.images, cfg.feature_batch, dtype=dtype)
-        evaluate = lambda: accuracy(predict(head, test_features.to(device)), test.labels)
-        if not cfg.augment:                                                        # fixed features: train the head on them
-            if train_features is None: train_features = extract_features(model, train.images, cfg.feature_batch, dtype=dtype)
-            return fit_classifier(head, groups, train_features.to(device), train.labels, evaluate, cfg, dtype=dtype, progress=progress)
-    images = train.images.to(device)                                                # (N, C, H, W) uint8, on the device once
-    transform = (lambda x, gen: augment(x, generator=gen)) if cfg.augment else None
-    return fit_classifier(net, groups, images, train.labels, evaluate, cfg, transform, dtype, progress)
+    head = make_head(cfg.kind, model.config.width, ds.n_classes).to(device)
+    if cfg.kind == 'finetune': return finetune(model, head, ds, cfg, progress)
+    if features is None:
+        dtype = autocast_dtype(cfg.precision, device)
+        features = {s: extract_features(model, split_of(ds, s).images, cfg.feature_batch, dtype=dtype) for s in feature_splits(cfg)}
+    return frozen_probe(model, head, ds, cfg, features, progress)
 
 # %% ../nbs/09_probe.ipynb #2e5b933a
 def probe_json_path(checkpoint, kind: str) -> Path:
@@ -293,15 +324,76 @@ def probe_json_path(checkpoint, kind: str) -> Path:
     prefix = '' if checkpoint.stem == 'checkpoint' else f"{checkpoint.stem}_"
     return checkpoint.with_name(f"{prefix}probe_{kind}.json")
 
-def probe_data(state: dict, cfg: ProbeConfig, where: str = 'checkpoint'):
-    "The data set a checkpoint was pre-trained on, with `cfg`'s `data_root` and `limit` overrides."
-    pre = PretrainConfig.from_dict(state['config'], where)
+# %% ../nbs/09_probe.ipynb #30a9e140
+@dataclass
+class ProbeSource:
+    "A pre-training checkpoint, or a folder written by `pmae export` (chapter 10), as a probe reads it."
+    path: Path
+    state: dict             # the checkpoint, or the export's 'pmae' record: the run's configuration, epoch, ...
+    sha256: str             # of the checkpoint file, or of the exported encoder (`export_sha256`)
+    exported: bool
+    config: PretrainConfig  # the pre-training run's
+
+    @classmethod
+    def read(cls, checkpoint) -> ProbeSource:
+        "The checkpoint or exported folder at `checkpoint`."
+        path = Path(checkpoint)
+        exported = path.is_dir()                                            # a timm export: its config.json has the run's keys
+        state = read_export(path)['pmae'] if exported else read_checkpoint(path)
+        sha = export_sha256(path) if exported else sha256_file(path)
+        return cls(path, state, sha, exported, PretrainConfig.from_dict(state['config'], str(path)))
+
+# %% ../nbs/09_probe.ipynb #66cfbc3a
+@patch
+def load(self: ProbeSource, device='cpu') -> nn.Module:
+    "The encoder on `device`: the checkpoint's model, or the export's timm model."
+    return load_timm(self.path, device) if self.exported else load_encoder(self.path, device)
+
+@patch
+def provenance(self: ProbeSource) -> dict:
+    "What a probe result records of the encoder it probed."
+    return dict(checkpoint=str(self.path), checkpoint_sha256=self.sha256, checkpoint_epoch=self.state['epoch'], method=self.config.method,
+                encoder='timm export' if self.exported else 'pre-training checkpoint',
+                source_sha256=self.state['source_sha256'] if self.exported else self.sha256)
+
+# %% ../nbs/09_probe.ipynb #f0edfc50
+def probe_data(source: ProbeSource, cfg: ProbeConfig) -> ImageDataset:
+    "The data set `source` was pre-trained on, with `cfg`'s `data_root` and `limit` overrides."
     over = {'download': False}
     if cfg.data_root: over['data_root'] = cfg.data_root
     if cfg.limit >= 0: over['limit'] = cfg.limit
-    return load_training_data(replace(pre, **over)), pre
+    return load_training_data(replace(source.config, **over))
 
-# %% ../nbs/09_probe.ipynb #f0edfc50
+# %% ../nbs/09_probe.ipynb #26491a21
+def probe_features(model, source: ProbeSource, ds: ImageDataset, cfg: ProbeConfig, progress: bool = False) -> dict:
+    "The features {split: (N, width)} of `ds` that probe `cfg` reads (`feature_splits`), from the cache beside `source` unless not `cfg.cache`."
+    device = next(model.parameters()).device
+    dtype = autocast_dtype(cfg.precision, device)
+    kw, features = dict(batch_size=cfg.feature_batch, device=device, dtype=dtype, progress=progress), {}
+    for split in feature_splits(cfg):
+        images = split_of(ds, split).images
+        if not cfg.cache: features[split] = extract_features(model, images, **kw); continue
+        key = {'checkpoint_sha256': source.sha256, 'split': split, 'images_sha256': images_sha256(images), 'dtype': str(dtype)}
+        features[split] = cached_features(model, images, feature_cache_path(source.path, split), key, **kw)
+    return features
+
+# %% ../nbs/09_probe.ipynb #35409426
+def fit_probe(model, ds: ImageDataset, cfg: ProbeConfig, features: dict, progress: bool = False) -> dict:
+    "Probe `cfg.kind` of `model` on `ds`, given the frozen `features` it reads (`probe_features`): kNN, the fast probe or a trained one."
+    test_y = ds.eval.labels.to(next(model.parameters()).device)
+    if cfg.kind == 'knn':
+        ks = range(cfg.k_min, cfg.k_max + 1)
+        return knn_sweep(features['train'], ds.train.labels, features['test'], test_y, ks, ds.n_classes, cfg.feature_batch)
+    if cfg.kind == 'fast': return fast_probe(features['train'], ds.train.labels, features['test'], test_y, ds.n_classes, cfg, progress)
+    return train_probe(model, ds, cfg, features, progress)
+
+# %% ../nbs/09_probe.ipynb #d68f123c
+def probe_record(source: ProbeSource, ds: ImageDataset, cfg: ProbeConfig, device) -> dict:
+    "What a probe result records besides its accuracy: the data, the encoder it probed and how."
+    return dict(dataset=ds.name, eval_split=ds.eval_split, n_train=len(ds.train), n_test=len(ds.eval), n_classes=ds.n_classes,
+                **source.provenance(), config=asdict(cfg), device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu')
+
+# %% ../nbs/09_probe.ipynb #8dbdf837
 def probe_summary(result: dict) -> str:
     "One line for a probe's result: its headline accuracy, the best epoch (or k), and where the JSON is."
     detail = f"best k = {result['best_k']}" if result['kind'] == 'knn' else \
@@ -309,53 +401,18 @@ def probe_summary(result: dict) -> str:
     return (f"{result['kind']} probe of {result['checkpoint']}: {result['accuracy']:.2f}% ({detail}) -> "
             f"{probe_json_path(result['checkpoint'], result['kind'])}")
 
-# %% ../nbs/09_probe.ipynb #26491a21
-def probe_features(model, images: Tensor, split: str, checkpoint: Path, sha: str, cfg: ProbeConfig, device, dtype, verbose: bool) -> Tensor:
-    "The encoder's (N, D) features of `images`, read from the cache beside `checkpoint` when they are there (and `cfg.cache`)."
-    kw = dict(batch_size=cfg.feature_batch, device=device, dtype=dtype, progress=verbose)
-    if not cfg.cache: return extract_features(model, images, **kw)
-    key = {'checkpoint_sha256': sha, 'split': split, 'images_sha256': images_sha256(images), 'dtype': str(dtype)}
-    return cached_features(model, images, feature_cache_path(checkpoint, split), key, **kw)
-
-def probe_record(ds, state: dict, pre, checkpoint: Path, sha: str, exported: bool, cfg: ProbeConfig, device) -> dict:
-    "What a probe result records besides its accuracy: the data, the encoder it probed and how."
-    return dict(dataset=ds.name, eval_split=ds.eval_split, n_train=len(ds.train), n_test=len(ds.eval), n_classes=ds.n_classes,
-                checkpoint=str(checkpoint), checkpoint_sha256=sha, checkpoint_epoch=state['epoch'], method=pre.method,
-                encoder='timm export' if exported else 'pre-training checkpoint', source_sha256=state['source_sha256'] if exported else sha,
-                config=asdict(cfg), device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu')
-
-# %% ../nbs/09_probe.ipynb #35409426
-def probe_result(model, ds, cfg: ProbeConfig, features, device, verbose: bool) -> dict:
-    "Fit probe `cfg.kind` on `model`: on its cached features (`features(split, images)`), or on the images for augmented and fine-tuned kinds."
-    frozen_fixed = cfg.kind in ('knn', 'fast') or (cfg.kind in ('linear', 'mlp') and not cfg.augment)
-    test_f = features('test', ds.eval.images) if cfg.kind != 'finetune' else None
-    train_f = features('train', ds.train.images) if frozen_fixed else None
-    test_y = ds.eval.labels.to(device)
-    if cfg.kind == 'knn':
-        with tqdm(total=1, disable=not verbose, desc='knn') as bar:
-            result = knn_sweep(train_f, ds.train.labels, test_f, test_y, range(cfg.k_min, cfg.k_max + 1), ds.n_classes, cfg.feature_batch)
-            bar.update()
-        return result
-    if cfg.kind == 'fast': return fast_probe(train_f, ds.train.labels, test_f, test_y, ds.n_classes, cfg, verbose)
-    return train_probe(model, ds.train, Split(ds.eval.images, test_y), ds.n_classes, cfg, test_f, train_f, verbose)
-
 # %% ../nbs/09_probe.ipynb #47fc6199
 def run_probe(checkpoint, cfg: ProbeConfig = ProbeConfig(), verbose: bool = True) -> dict:
     "Probe the encoder of a pre-training checkpoint, or of a folder written by `pmae export`, as `cfg` says; the result, also written to `probe_<kind>.json` beside it."
-    t0, checkpoint, cfg = time.time(), Path(checkpoint), cfg.resolved()
-    exported = checkpoint.is_dir()                                          # a timm export (chapter 10): its config.json has the run's keys
-    state = read_export(checkpoint)['pmae'] if exported else read_checkpoint(checkpoint)
-    sha = export_sha256(checkpoint) if exported else sha256_file(checkpoint)
-    ds, pre = probe_data(state, cfg, str(checkpoint))
+    t0, cfg = time.time(), cfg.resolved()
+    source = ProbeSource.read(checkpoint)
+    ds = probe_data(source, cfg)
     device = pick_device(cfg.device)
-    dtype = autocast_dtype(cfg.precision, device)
-    model = load_timm(checkpoint, device) if exported else load_encoder(checkpoint, device)
+    model = source.load(device)
     if cfg.kind == 'knn' and cfg.k_max > len(ds.train):
         raise ConfigError(f"k_max ({cfg.k_max}) is larger than the {len(ds.train)} training images")
-
-    features = lambda split, images: probe_features(model, images, split, checkpoint, sha, cfg, device, dtype, verbose)
-    result = probe_result(model, ds, cfg, features, device, verbose)
-    result.update(probe_record(ds, state, pre, checkpoint, sha, exported, cfg, device), wall_s=round(time.time() - t0, 3))
-    write_json(result, probe_json_path(checkpoint, cfg.kind))
+    result = fit_probe(model, ds, cfg, probe_features(model, source, ds, cfg, verbose), verbose)
+    result.update(probe_record(source, ds, cfg, device), wall_s=round(time.time() - t0, 3))
+    write_json(result, probe_json_path(source.path, cfg.kind))
     if verbose: print(probe_summary(result))
     return result

@@ -4,14 +4,16 @@ Everything runs on a `micro` PMAE pre-trained for one epoch on the embedded phot
 16 × 16 pixels (about 3 s on a CPU), written to a temporary folder.
 """
 import json
+from dataclasses import fields
 
 import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from pmae.probe import (ProbeConfig, feature_cache_path, knn_predict, knn_sweep, probe_json_path, run_probe)
+from pmae.probe import (RECIPES, ProbeConfig, ProbeSource, feature_cache_path, knn_predict, knn_sweep, probe_data, probe_json_path,
+                        run_probe, train_probe)
 from pmae.train import PretrainConfig, pretrain
-from pmae.core import ConfigError, sha256_file
+from pmae.core import PRECISIONS, ConfigError, sha256_file
 
 
 @pytest.fixture(scope='module')
@@ -87,6 +89,15 @@ def test_recipes():
     assert ProbeConfig('mlp', epochs=30).resolved().warmup_epochs == 3
 
 
+def test_help_of_each_recipe_option_states_the_recipes_default():
+    helps = {f.name: f.metadata['help'] for f in fields(ProbeConfig)}
+    for key, value in RECIPES['linear'].items(): assert str(value) in helps[key].split('(default:', 1)[1], (key, helps[key])
+
+
+def test_every_precision_of_core_is_accepted():
+    assert [ProbeConfig(precision=p).precision for p in PRECISIONS] == list(PRECISIONS)
+
+
 # --- run_probe end to end ---------------------------------------------------------------------------
 
 COMMON = {'kind', 'accuracy', 'dataset', 'eval_split', 'n_train', 'n_test', 'n_classes', 'checkpoint', 'checkpoint_sha256',
@@ -124,6 +135,20 @@ def test_run_probe_fast_is_deterministic(ckpt):
     assert r1['history'] == r2['history'] and len(r1['history']) == 5
     assert r1['accuracy'] == r1['best_acc'] == max(h['test_acc'] for h in r1['history'])
     assert read_result(ckpt, 'fast') == r2
+
+
+def test_fast_probe_ignores_augment(ckpt):
+    "The fast probe trains on cached features: there are no images to augment."
+    plain = run_probe(ckpt, ProbeConfig('fast', epochs=3), verbose=False)
+    assert run_probe(ckpt, ProbeConfig('fast', epochs=3, augment=True), verbose=False)['history'] == plain['history']
+
+
+def test_probe_on_fixed_features_leaves_the_encoder_alone(ckpt):
+    "Without augmentation the head trains on fixed features: the encoder is never wrapped in a classifier (which would freeze it)."
+    source = ProbeSource.read(ckpt)
+    ds, model = probe_data(source, ProbeConfig(limit=512)), source.load()
+    r = train_probe(model, ds, ProbeConfig('linear', epochs=1, augment=False))
+    assert len(r['history']) == 1 and all(p.requires_grad for p in model.parameters())
 
 
 def test_run_probe_linear_one_epoch(ckpt):
