@@ -191,14 +191,14 @@ def probe_optimizer(groups: list[dict], kind: str, lr: float) -> torch.optim.Opt
 
 # %% ../nbs/09_probe.ipynb #a3682858
 class EvalCB(Callback):
-    "Train mode during each epoch, eval mode after it; the epoch's mean loss, test accuracy and learning rate in `learn.history`."
+    "Train mode during each epoch, eval mode after it; each epoch's mean loss, test accuracy and learning rate in `history`."
     order = 15
-    def __init__(self, evaluate): self.evaluate = evaluate
-    def before_fit(self, learn): learn.history = []
+    def __init__(self, evaluate): self.evaluate, self.history = evaluate, []
+    def before_fit(self, learn): self.history = []
     def before_epoch(self, learn): learn.net.train()
     def after_epoch(self, learn):
         learn.net.eval()
-        learn.history.append({'epoch': learn.epoch, 'train_loss': learn.loss_sum.item() / learn.n_steps, 'test_acc': self.evaluate(),
+        self.history.append({'epoch': learn.epoch, 'train_loss': learn.loss_sum.item() / learn.n_steps, 'test_acc': self.evaluate(),
                               'lr': learn.opt.param_groups[0]['lr']})
 
 # %% ../nbs/09_probe.ipynb #e591e937
@@ -231,14 +231,14 @@ def fit_classifier(net: nn.Module, params: list[dict], x: Tensor, y: Tensor, eva
     steps, lr = len(x) // B, cfg.base_lr * B / 256
     opt = probe_optimizer(params, cfg.kind, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps * cfg.epochs, cfg.warmup_epochs * steps))
-    cbs = [EvalCB(evaluate), ProgressCB(every=steps, desc=f"{cfg.kind} probe", enabled=progress)]
+    evals = EvalCB(evaluate)
     batches = classifier_batches(x, y.to(x.device), B, cfg.seed, augment if cfg.augment else None)
-    learn = Learner(net, batches, cross_entropy, opt, sched, cbs, dtype=autocast_dtype(cfg.precision, x.device),
-                    steps_per_epoch=steps).fit(cfg.epochs)
-    best = max(learn.history, key=lambda h: h['test_acc'])                        # the earliest among equals
+    Learner(net, batches, cross_entropy, opt, sched, [evals, ProgressCB(every=steps, desc=f"{cfg.kind} probe", enabled=progress)],
+            dtype=autocast_dtype(cfg.precision, x.device), steps_per_epoch=steps).fit(cfg.epochs)
+    best = max(evals.history, key=lambda h: h['test_acc'])                        # the earliest among equals
     return {'kind': cfg.kind, 'accuracy': best['test_acc'], 'best_acc': best['test_acc'], 'best_epoch': best['epoch'],
-            'final_acc': learn.history[-1]['test_acc'], 'batch_size': B, 'lr': lr, 'steps': steps * cfg.epochs,
-            'history': learn.history}
+            'final_acc': evals.history[-1]['test_acc'], 'batch_size': B, 'lr': lr, 'steps': steps * cfg.epochs,
+            'history': evals.history}
 
 # %% ../nbs/09_probe.ipynb #c636206a
 def fast_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, n_classes: int,

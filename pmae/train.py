@@ -20,7 +20,7 @@ from fastcore.basics import patch
 
 from .data import LOADERS, ImageDataset, load_dataset
 from .pca import PCABasis, fit_pca, pixel_stats
-from .core import (Config, ConfigError, atomic_save, autocast_dtype, check_images, option, pick_device, read_saved,
+from .core import (PRECISIONS, Config, ConfigError, atomic_save, autocast_dtype, check_images, option, pick_device, read_saved,
                        sha256_file)
 from .augment import AugmentedImages, apply_crops, crop_params
 from .masking import CUTS, MASKINGS, ComponentMasking, PatchMask, PatchMasking, get_masking, mask_at
@@ -126,7 +126,7 @@ class PretrainConfig(RunSettings, OptimSettings, MaskSettings, DataSettings):
 def check_values(self: PretrainConfig):
     "Refuse a value outside its choices or range, with a one-line `ConfigError`."
     choices = dict(dataset=LOADERS, method=MASKINGS, model=CONFIGS, loss=PMAE_LOSSES, cut=CUTS, loss_norm=LOSS_NORMS, warmup=WARMUPS,
-                   precision=('auto', 'bf16', 'fp16', 'fp32'), pipeline=('memory', 'loader'), compile_mode=COMPILE_MODES)
+                   precision=PRECISIONS, pipeline=('memory', 'loader'), compile_mode=COMPILE_MODES)
     for k, options in choices.items():
         if getattr(self, k) not in options: raise ConfigError(f"{k} must be one of {', '.join(options)}; got {getattr(self, k)!r}")
     for k in ('epochs', 'batch_size', 'save_every', 'log_every'):
