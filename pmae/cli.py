@@ -24,7 +24,7 @@ from .scaling import COMPILE_MODES
 
 # %% auto #0
 __all__ = ['DATA_KEYS', 'DESCRIPTION', 'read_toml', 'add_options', 'config_from', 'is_main_process', 'say', 'cmd_pca',
-           'cmd_pretrain', 'cmd_probe', 'cmd_demo', 'parse_job', 'cmd_reproduce', 'cmd_export', 'Parser',
+           'cmd_pretrain', 'cmd_probe', 'parse_job', 'cmd_demo', 'cmd_reproduce', 'cmd_export', 'Parser',
            'add_pca_command', 'add_pretrain_command', 'add_probe_command', 'add_export_command', 'add_demo_command',
            'add_reproduce_command', 'build_parser', 'main', 'cli']
 
@@ -97,12 +97,7 @@ def cmd_probe(args) -> int:
     say(probe_summary(r))
     return 0
 
-# %% ../nbs/12_cli.ipynb #6fc08295
-def cmd_demo(args) -> int:
-    "`pmae demo`: the quickstart of chapter 15: PCA, MAE and PMAE pre-trained briefly (`micro`), fast linear probes, a table and a figure."
-    quickstart(args.data, args.data_root, args.out, args.epochs)
-    return 0
-
+# %% ../nbs/12_cli.ipynb #8860affc
 def parse_job(text: str) -> Job:
     "A job from the command line: 'METHOD[:RATIO][,FIELD=VALUE...]', e.g. 'mae_std', 'pmae:0.1', 'pmae:0.1,cut=closest,stop_epoch=40'."
     head, *pairs = text.split(',')
@@ -113,6 +108,12 @@ def parse_job(text: str) -> Job:
         return Job(method, float(ratio) if ratio else 0.0, **{k: kinds[k](v) for k, v in fields.items()})
     except (ValueError, KeyError): raise ConfigError(f"bad job {text!r}: expected METHOD[:RATIO][,FIELD=VALUE...] with fields "
                                                      "cut, loss_norm, norm_pix, stop_epoch, seed, e.g. pmae:0.1,cut=closest") from None
+
+# %% ../nbs/12_cli.ipynb #6fc08295
+def cmd_demo(args) -> int:
+    "`pmae demo`: the quickstart of chapter 15: PCA, MAE and PMAE pre-trained briefly (`micro`), fast linear probes, a table and a figure."
+    quickstart(args.data, args.data_root, args.out, args.epochs)
+    return 0
 
 def cmd_reproduce(args) -> int:
     "`pmae reproduce`: a reproduction chapter's runs (chapters 20-23) at one budget, each with a results JSON and its provenance."

@@ -30,8 +30,8 @@ from .core import device_name, git_commit, loaded_commit, pick_device, sha256_fi
 __all__ = ['DATASETS', 'BUDGETS', 'STAND_IN', 'PROVENANCE', 'PROBE_KEYS', 'DatasetSpec', 'dataset_spec', 'Budget', 'get_budget',
            'semantics_label', 'Job', 'default_jobs', 'job_config', 'write_stand_in', 'data_root', 'data_copy',
            'random_basis', 'step_seconds', 'probe_passes', 'estimate', 'plan_table', 'fmt_seconds', 'BudgetError',
-           'RunStopped', 'check_device', 'probe_config', 'snapshot_probe', 'pretext_losses', 'snapshots',
-           'learning_curve', 'result_path', 'pretrain_job', 'job_provenance', 'run_job', 'raw_pixel_yardstick',
+           'RunStopped', 'check_device', 'pretrain_job', 'job_provenance', 'probe_config', 'snapshot_probe',
+           'pretext_losses', 'snapshots', 'learning_curve', 'result_path', 'run_job', 'raw_pixel_yardstick',
            'reproduce']
 
 # %% ../nbs/13_reproduce.ipynb #3c04ebbc
@@ -74,10 +74,11 @@ class Budget:
     curve: tuple = ()          # epochs of the learning curve, every probe at each (): the fast probe at each quarter
     hidden_projection: bool = False   # PMAE's hidden-only projection (chapter 06): the CPU budgets
 
-    def patch_size(self, size: int) -> int:
-        "Patch side for images of side `size` (0: the model's own)."
-        return size // self.grid if self.grid else 0
-
+# %% ../nbs/13_reproduce.ipynb #f8e643bd
+@patch
+def patch_size(self: Budget, size: int) -> int:
+    "Patch side for images of side `size` (0: the model's own)."
+    return size // self.grid if self.grid else 0
 
 # %% ../nbs/13_reproduce.ipynb #3b15f516
 BUDGETS = {b.name: b for b in (
@@ -105,6 +106,7 @@ def semantics_label(method: str, cut: str = 'as_run', loss_norm: str = 'as_run',
     if cut == 'closest' and loss_norm == 'hidden': return 'as written'
     return ', '.join(w for w, on in (('closest cut', cut == 'closest'), ('hidden-mean loss', loss_norm == 'hidden')) if on)
 
+# %% ../nbs/13_reproduce.ipynb #db608a31
 @dataclass(frozen=True)
 class Job:
     "One pre-training run of a reproduction: masking preset `method` at `ratio` (0: the preset's own), with its semantics."
@@ -123,7 +125,6 @@ class Job:
         base = self.method if not self.ratio else f"{self.method}_{self.ratio:g}"
         words = [w for w in self.label.replace('-', '').replace(',', '').split() if w not in ('cut', 'loss')]
         return base + ''.join(f"_{w}" for w in words) + (f"_seed{self.seed}" if self.seed else '')
-
 
 # %% ../nbs/13_reproduce.ipynb #19870d54
 @patch
@@ -192,10 +193,9 @@ def data_root(dataset: str, budget: str | Budget, root='data', scratch=None) -> 
     scratch = Path(scratch or tempfile.mkdtemp()) / f'{dataset}-stand-in'
     return scratch if (scratch / STAND_IN).exists() else write_stand_in(dataset, scratch)
 
-# %% ../nbs/13_reproduce.ipynb #ce806e88
-PROVENANCE = ('commit', 'dataset', 'data_copy', 'budget', 'epochs', 'device', 'wall_s')
-
 # %% ../nbs/13_reproduce.ipynb #71b69fb8
+PROVENANCE = ('commit', 'dataset', 'data_copy', 'budget', 'epochs', 'device', 'wall_s')   # what every results file records
+
 def data_copy(ds: ImageDataset, root) -> str:
     "Which copy of a data set `ds` (read from `root`) is: stand-in, official files, or a re-encoded image folder."
     if (Path(root) / STAND_IN).exists(): return f"stand-in: embedded photos in {ds.name}'s on-disk format ({root})"
@@ -214,6 +214,7 @@ def random_basis(shape: tuple, n_components: int, seed: int = 0) -> PCABasis:
     components = torch.randn(k, d, generator=g) / d ** 0.5                                      # (k, D), rows of norm ~1
     return PCABasis(torch.zeros(shape), torch.ones(shape), components, torch.linspace(2, 1, k, dtype=torch.float64), 1.5 * k, n_components)
 
+# %% ../nbs/13_reproduce.ipynb #c29ebf3a
 def step_seconds(cfg: PretrainConfig, shape: tuple, n_components: int, device, steps: int = 3, warmup: int = 1) -> float:
     "Seconds per training image of the run's real step on `device` (pipeline, autocast, compilation as `cfg` says), on random images."
     device, basis = torch.device(device), random_basis(shape, n_components)
@@ -231,6 +232,7 @@ def probe_passes(budget: Budget, kind: str) -> float:
     epochs = budget.probe_epochs or 100
     return {'fast': 1 / 3, 'knn': 1 / 3, 'linear': epochs / 3, 'mlp': epochs / 3, 'finetune': epochs}[kind]
 
+# %% ../nbs/13_reproduce.ipynb #36d4dba9
 def estimate(dataset: str, jobs: list[Job], budget: str | Budget, n_train: int, shape: tuple, device='cpu', **runtime) -> list[dict]:
     "Rough pre-training and probe seconds of each job on `device`, for `n_train` images of `shape` (`runtime`: `job_config`'s options)."
     b, device = get_budget(budget), torch.device(device)
@@ -270,6 +272,26 @@ def check_device(budget: str | Budget, device, force: bool = False):
     if b.needs_gpu and torch.device(device).type != 'cuda' and not force:
         raise BudgetError(f"the {b.name!r} budget ({b.model}, {b.epochs} epochs) needs a GPU and this run would use the CPU; "
                           f"pass force=True (pmae reproduce --force) to run it anyway, or use budget 'cpu'")
+
+# %% ../nbs/13_reproduce.ipynb #854ae4b0
+def pretrain_job(cfg: PretrainConfig, budget: Budget, job: Job, time_limit=None, stop_epoch: int | None = None, verbose=True) -> dict:
+    "Pre-train `cfg` (resumably), to the end of the budget's schedule or to `stop_epoch` of it; `RunStopped` if it stopped before."
+    stop_after = stop_epoch * (len(load_training_data(cfg).train) // cfg.batch_size) if stop_epoch else None
+    summary = pretrain(cfg, stop_after=stop_after, time_limit=time_limit, verbose=verbose)
+    if summary['status'] == 'complete' or (stop_epoch and summary['epochs_done'] >= stop_epoch): return summary
+    goal = f"{stop_epoch} (of {budget.epochs})" if stop_epoch else budget.epochs
+    raise RunStopped(f"{cfg.dataset} {job.tag} ({budget.name}) {summary['status']} at epoch {summary['epochs_done']}/{goal}: "
+                     "run the same command again to resume")
+
+# %% ../nbs/13_reproduce.ipynb #ff39d9aa
+def job_provenance(cfg: PretrainConfig, budget: Budget, summary: dict, started: float) -> dict:
+    "Where a job's numbers come from: code, data copy, budget, epochs, device, time, versions."
+    ds = load_training_data(cfg)
+    return dict(commit=loaded_commit(), dataset=cfg.dataset, data_copy=data_copy(ds, cfg.data_root),
+                data_sha256=images_sha256(ds.train.images), n_train=len(ds.train), n_eval=len(ds.eval), budget=budget.name,
+                epochs=summary['epochs_done'], device=device_name(pick_device(cfg.device)), wall_s=round(time.time() - started, 1),
+                torch=torch.__version__, pmae=pmae.__version__,
+                finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
 # %% ../nbs/13_reproduce.ipynb #3844222c
 def probe_config(budget: Budget, kind: str, device='auto') -> ProbeConfig:
@@ -326,25 +348,6 @@ def result_path(results, dataset: str, budget: str, job: Job) -> Path:
     "Where a job's results JSON lives."
     return Path(results) / dataset / budget / f'{job.tag}.json'
 
-
-# %% ../nbs/13_reproduce.ipynb #854ae4b0
-def pretrain_job(cfg: PretrainConfig, budget: Budget, job: Job, time_limit=None, stop_epoch: int | None = None, verbose=True) -> dict:
-    "Pre-train `cfg` (resumably), to the end of the budget's schedule or to `stop_epoch` of it; `RunStopped` if it stopped before."
-    stop_after = stop_epoch * (len(load_training_data(cfg).train) // cfg.batch_size) if stop_epoch else None
-    summary = pretrain(cfg, stop_after=stop_after, time_limit=time_limit, verbose=verbose)
-    if summary['status'] == 'complete' or (stop_epoch and summary['epochs_done'] >= stop_epoch): return summary
-    goal = f"{stop_epoch} (of {budget.epochs})" if stop_epoch else budget.epochs
-    raise RunStopped(f"{cfg.dataset} {job.tag} ({budget.name}) {summary['status']} at epoch {summary['epochs_done']}/{goal}: "
-                     "run the same command again to resume")
-
-def job_provenance(cfg: PretrainConfig, budget: Budget, summary: dict, started: float) -> dict:
-    "Where a job's numbers come from: code, data copy, budget, epochs, device, time, versions."
-    ds = load_training_data(cfg)
-    return dict(commit=loaded_commit(), dataset=cfg.dataset, data_copy=data_copy(ds, cfg.data_root),
-                data_sha256=images_sha256(ds.train.images), n_train=len(ds.train), n_eval=len(ds.eval), budget=budget.name,
-                epochs=summary['epochs_done'], device=device_name(pick_device(cfg.device)), wall_s=round(time.time() - started, 1),
-                torch=torch.__version__, pmae=pmae.__version__,
-                finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
 # %% ../nbs/13_reproduce.ipynb #2f9c90e6
 def run_job(dataset: str, job: Job, budget: str | Budget, root='data', runs='runs', results='results', device='auto',
