@@ -24,7 +24,7 @@ from .core import show_images, write_json
 
 # %% auto #0
 __all__ = ['DEMO_METHODS', 'demo_data', 'demo_config', 'reconstruction_rows', 'show_reconstructions', 'pretrain_and_probe',
-           'raw_pixel_row', 'quickstart', 'quickstart_table']
+           'raw_pixel_row', 'quickstart_table', 'quickstart']
 
 # %% ../nbs/15_quickstart.ipynb #26a0112b
 def demo_data(name: str = 'auto', root='data') -> str:
@@ -84,6 +84,15 @@ def raw_pixel_row(ds) -> dict:
     raw = fast_probe(flat(ds.train.images), ds.train.labels, flat(ds.eval.images), ds.eval.labels, ds.n_classes)
     return dict(method='raw pixels', hidden='-', accuracy=raw['accuracy'], pretrain_s=0.0, probe_s=time.time() - t)
 
+# %% ../nbs/15_quickstart.ipynb #38da8282
+def quickstart_table(result: dict) -> str:
+    "The quickstart's results as a Markdown table, with a line saying what was run."
+    lines = [f"{result['data']} ({result['n_train']} training images of shape {tuple(result['image_shape'])}), micro ViT, "
+             f"{result['epochs']} epoch{'s' if result['epochs'] != 1 else ''}, fast linear probe on the {result['eval_split']} split; {result['wall_s']:.0f} s in all on {result['device']}",
+             '', '| method | hidden | linear-probe accuracy % | pre-train s | probe s |', '|---|---|---:|---:|---:|']
+    lines += [f"| {r['method']} | {r['hidden']} | {r['accuracy']:.1f} | {r['pretrain_s']:.0f} | {r['probe_s']:.0f} |" for r in result['rows']]
+    return '\n'.join(lines)
+
 # %% ../nbs/15_quickstart.ipynb #433b88f2
 def quickstart(data: str = 'auto', root=None, out='runs/demo', epochs: int = 5, verbose: bool = True) -> dict:
     "PCA, MAE and PMAE pre-training (`micro`), fast linear probes of both and of the raw pixels; table, figure and JSON in `out`."
@@ -103,12 +112,3 @@ def quickstart(data: str = 'auto', root=None, out='runs/demo', epochs: int = 5, 
     write_json(result, out / 'demo.json')
     if verbose: print(quickstart_table(result))
     return result
-
-# %% ../nbs/15_quickstart.ipynb #38da8282
-def quickstart_table(result: dict) -> str:
-    "The quickstart's results as a Markdown table, with a line saying what was run."
-    lines = [f"{result['data']} ({result['n_train']} training images of shape {tuple(result['image_shape'])}), micro ViT, "
-             f"{result['epochs']} epoch{'s' if result['epochs'] != 1 else ''}, fast linear probe on the {result['eval_split']} split; {result['wall_s']:.0f} s in all on {result['device']}",
-             '', '| method | hidden | linear-probe accuracy % | pre-train s | probe s |', '|---|---|---:|---:|---:|']
-    lines += [f"| {r['method']} | {r['hidden']} | {r['accuracy']:.1f} | {r['pretrain_s']:.0f} | {r['probe_s']:.0f} |" for r in result['rows']]
-    return '\n'.join(lines)
