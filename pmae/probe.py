@@ -28,8 +28,8 @@ from .augment import augment
 __all__ = ['KINDS', 'RECIPES', 'extract_features', 'images_sha256', 'feature_cache_path', 'cached_features', 'knn_predict',
            'accuracy', 'knn_sweep', 'recipe_help', 'ProbeConfig', 'make_head', 'param_groups', 'probe_optimizer',
            'EvalCB', 'classifier_batches', 'cross_entropy', 'predict', 'fit_classifier', 'fast_probe',
-           'EncoderClassifier', 'feature_splits', 'split_of', 'frozen_probe', 'finetune', 'train_probe',
-           'probe_json_path', 'ProbeSource', 'probe_data', 'probe_features', 'fit_probe', 'probe_record',
+           'raw_pixel_probes', 'EncoderClassifier', 'feature_splits', 'split_of', 'frozen_probe', 'finetune',
+           'train_probe', 'probe_json_path', 'ProbeSource', 'probe_data', 'probe_features', 'fit_probe', 'probe_record',
            'probe_summary', 'run_probe']
 
 # %% ../nbs/10_probe.ipynb #2b6c4b97
@@ -252,6 +252,15 @@ def fast_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
     head = make_head('linear', train_x.shape[1], n_classes).to(train_x.device)
     evaluate = lambda: accuracy(predict(head, tx), test_y)
     return fit_classifier(head, param_groups(head.named_parameters(), cfg.weight_decay), sx, train_y, evaluate, cfg, progress)
+
+# %% ../nbs/10_probe.ipynb #3c6c35fb
+def raw_pixel_probes(ds: ImageDataset, kinds=('fast', 'knn'), device='cpu') -> dict:
+    "The fast probe and/or the kNN sweep (`kinds`) on `ds`'s raw pixels (N, C*H*W) scaled to [0, 1], on `device`."
+    flat = lambda images: (images.flatten(1).float() / 255).to(device)                  # (N, C*H*W)
+    train_x, test_x, test_y = flat(ds.train.images), flat(ds.eval.images), ds.eval.labels.to(device)
+    probes = {'fast': lambda: fast_probe(train_x, ds.train.labels.to(device), test_x, test_y, ds.n_classes),
+              'knn': lambda: knn_sweep(train_x, ds.train.labels, test_x, test_y, n_classes=ds.n_classes)}
+    return {kind: probes[kind]() for kind in kinds}
 
 # %% ../nbs/10_probe.ipynb #1b1e86c8
 class EncoderClassifier(nn.Module):

@@ -19,7 +19,7 @@ from .masking import patch_mask_pixels
 from .mae import MAE, MaskedAutoencoder, ViTConfig, mae_prediction_images
 from .pmae import pmae_parts, shared_scale
 from .train import PretrainConfig, load_model, load_training_data, pretrain
-from .probe import ProbeConfig, fast_probe, run_probe
+from .probe import ProbeConfig, raw_pixel_probes, run_probe
 from .core import show_images, write_json
 
 # %% auto #0
@@ -79,9 +79,8 @@ def pretrain_and_probe(base: PretrainConfig, out: Path, verbose: bool = True) ->
 
 def raw_pixel_row(ds) -> dict:
     "The table row of the fast linear probe on raw pixels, the baseline every encoder must beat."
-    flat = lambda x: x.flatten(1).float() / 255                                         # (N, C*H*W) raw pixels
     t = time.time()
-    raw = fast_probe(flat(ds.train.images), ds.train.labels, flat(ds.eval.images), ds.eval.labels, ds.n_classes)
+    raw = raw_pixel_probes(ds, ('fast',))['fast']
     return dict(method='raw pixels', hidden='-', accuracy=raw['accuracy'], pretrain_s=0.0, probe_s=time.time() - t)
 
 # %% ../nbs/15_quickstart.ipynb #38da8282

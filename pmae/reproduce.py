@@ -22,7 +22,7 @@ from .learner import read_metrics
 from .scaling import Processes, StepTimerCB
 from .train import (PretrainConfig, build_model, float32_matmul, load_model, load_training_data, model_config,
                         predict_nothing_loss, pretrain, pretrain_batches, pretrain_learner, read_checkpoint)
-from .probe import ProbeConfig, fast_probe, images_sha256, knn_sweep, probe_json_path, run_probe
+from .probe import ProbeConfig, images_sha256, probe_json_path, raw_pixel_probes, run_probe
 from .core import device_name, git_commit, loaded_commit, pick_device, sha256_file, write_json
 
 
@@ -381,11 +381,8 @@ def raw_pixel_yardstick(dataset: str, budget: str | Budget, root='data', results
     if path.is_file(): return json.loads(path.read_text())
     t0, cfg = time.time(), job_config(dataset, Job('mae_std'), b, root)
     ds, device = load_training_data(cfg), pick_device(device)
-    flat = lambda images: (images.flatten(1).float() / 255).to(device)                   # (N, C*H*W)
-    train_x, test_x, test_y = flat(ds.train.images), flat(ds.eval.images), ds.eval.labels.to(device)
-    probes = {'fast': fast_probe(train_x, ds.train.labels.to(device), test_x, test_y, ds.n_classes)['accuracy'],
-              'knn': knn_sweep(train_x, ds.train.labels, test_x, test_y, n_classes=ds.n_classes)['accuracy']}
-    result = dict(dataset=dataset, budget=b.name, image_size=ds.shape[-1], probes={k: v for k, v in probes.items() if k in b.probes},
+    probes = raw_pixel_probes(ds, [k for k in ('fast', 'knn') if k in b.probes], device)
+    result = dict(dataset=dataset, budget=b.name, image_size=ds.shape[-1], probes={k: v['accuracy'] for k, v in probes.items()},
                   data_copy=data_copy(ds, cfg.data_root), n_train=len(ds.train), n_eval=len(ds.eval), commit=loaded_commit(),
                   device=device_name(device), wall_s=round(time.time() - t0, 1))
     write_json(result, path)
