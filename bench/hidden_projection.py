@@ -10,22 +10,21 @@ two PMAE paths give the same loss and gradients. Prints medians and the speed-up
 import argparse, copy, statistics, time
 
 import torch
-import torch.nn.functional as F
 
-from pmae.data import DataNotFoundError, load_dataset
+from pmae.data import DataNotFoundError
 from pmae.mae import MAE, vit_config
 from pmae.masking import ComponentMasking, PatchMasking
 from pmae.pca import fit_pca
 from pmae.pmae import PMAE
+from pmae.train import PretrainConfig, load_training_data
 from pmae.core import device_name, loaded_commit, write_json
 
 
 def images_16(root: str):
-    "CIFAR-10's training images at 16x16 when `root` holds them, else the embedded photos (name, (N, 3, 16, 16) uint8)."
-    try: ds = load_dataset('cifar10', root)
-    except DataNotFoundError: ds = load_dataset('photos')
-    x = F.interpolate(ds.train.images.float(), size=16, mode='bicubic', antialias=True).round().clamp(0, 255).to(torch.uint8)
-    return ds.name, x
+    "CIFAR-10's training images at 16x16 when `root` holds them, else the embedded photos (name, (N, 3, 16, 16) uint8), resized as pre-training does."
+    try: ds = load_training_data(PretrainConfig(dataset='cifar10', data_root=root, image_size=16))
+    except DataNotFoundError: ds = load_training_data(PretrainConfig(dataset='photos', image_size=16))
+    return ds.name, ds.train.images
 
 
 def step_timer(model, images, batch: int):
