@@ -191,10 +191,10 @@ def add_demo_command(sub):
 
 # %% ../nbs/12_cli.ipynb #0a43d695
 def add_reproduce_command(sub):
-    "`pmae reproduce`: a reproduction chapter's runs at a budget (smoke, cpu, paper)."
-    s = sub.add_parser(allow_abbrev=False, name='reproduce', help="a reproduction chapter's runs at a budget (smoke, cpu, paper)", description=cmd_reproduce.__doc__)
+    "`pmae reproduce`: a reproduction chapter's runs at a budget (smoke, cpu, laptop, long, paper)."
+    s = sub.add_parser(allow_abbrev=False, name='reproduce', help="a reproduction chapter's runs at a budget (smoke, cpu, laptop, long, paper)", description=cmd_reproduce.__doc__)
     s.add_argument('dataset', help=f"one of the paper's data sets: {', '.join(DATASETS)}")
-    s.add_argument('--budget', default='cpu', choices=list(BUDGETS), help='smoke: seconds; cpu: micro ViT, under an hour; laptop: the CPU study (mini ViT, 16x16, ~1.5 h); paper: the recipe (GPU)')
+    s.add_argument('--budget', default='cpu', choices=list(BUDGETS), help='smoke: seconds; cpu: micro ViT, under an hour; laptop: the CPU study (mini ViT, 16x16, 100 epochs, ~1.5 h); long: the laptop pair on the 800-epoch schedule of the paper (~7 h a run); paper: the recipe (GPU)')
     s.add_argument('--jobs', nargs='+', metavar='METHOD[:RATIO][,FIELD=VALUE]', help="runs to do, e.g. pmae:0.1,cut=closest [default: the budget's set]")
     s.add_argument('--data-root', default=None, help='where the data set lives [default: $PMAE_DATA, else data]')
     s.add_argument('--runs', default='runs', help='where the run folders go (runs/<dataset>/<budget>/<job>/)')

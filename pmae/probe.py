@@ -18,7 +18,7 @@ from fastcore.basics import patch
 
 from .data import ImageDataset, Split
 from .mae import MaskedAutoencoder
-from .learner import Callback, Learner, ProgressCB, lr_factor
+from .learner import WARMUPS, Callback, Learner, ProgressCB, lr_factor
 from .export import export_sha256, load_timm, read_export
 from .train import PretrainConfig, epoch_order, epoch_seed, load_encoder, load_training_data, read_checkpoint
 from .core import PRECISIONS, Config, ConfigError, atomic_save, autocast_dtype, option, pick_device, sha256_file, write_json
@@ -101,10 +101,10 @@ def knn_sweep(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, 
 # %% ../nbs/10_probe.ipynb #41003188
 KINDS = ('linear', 'mlp', 'knn', 'finetune', 'fast')
 RECIPES = {   # the paper's evaluation protocol; 'fast' is ours (tests and learning curves); kNN trains nothing
-    'linear':   dict(epochs=100, batch_size=512, base_lr=0.1, warmup_epochs=10, weight_decay=0.0, augment=True),
-    'mlp':      dict(epochs=100, batch_size=512, base_lr=0.1, warmup_epochs=10, weight_decay=0.0, augment=True),
-    'finetune': dict(epochs=100, batch_size=512, base_lr=1e-3, warmup_epochs=5, weight_decay=0.05, augment=True),
-    'fast':     dict(epochs=30, batch_size=256, base_lr=0.02, warmup_epochs=0, weight_decay=0.0, augment=False),
+    'linear':   dict(epochs=100, batch_size=512, base_lr=0.1, warmup_epochs=10, weight_decay=0.0, augment=True, warmup='exponential'),
+    'mlp':      dict(epochs=100, batch_size=512, base_lr=0.1, warmup_epochs=10, weight_decay=0.0, augment=True, warmup='exponential'),
+    'finetune': dict(epochs=100, batch_size=512, base_lr=1e-3, warmup_epochs=5, weight_decay=0.05, augment=True, warmup='linear'),
+    'fast':     dict(epochs=30, batch_size=256, base_lr=0.02, warmup_epochs=0, weight_decay=0.0, augment=False, warmup='linear'),
 }
 
 def recipe_help(value) -> str:
@@ -125,6 +125,7 @@ class ProbeConfig(Config):
                                              + recipe_help(lambda r: f"{r['warmup_epochs']} of {r['epochs']}") + ")")
     weight_decay: float | None = option(None, f"weight decay (default: {recipe_help('weight_decay')})")
     augment: bool | None = option(None, f"crop + flip of the training images (default: {recipe_help('augment')})")
+    warmup: str | None = option(None, f"warm-up shape, 'linear' or 'exponential' (then cosine; default: {recipe_help('warmup')})")
     k_min: int = option(2, "kNN: k from k_min to k_max")
     k_max: int = option(19, "kNN: the largest k of the sweep")
     seed: int = option(0, "seed of the head's initialisation, the order of the images and the augmentation")
@@ -143,7 +144,7 @@ class ProbeConfig(Config):
 @patch
 def check_values(self: ProbeConfig):
     "Refuse a value outside its choices or range, with a one-line `ConfigError`."
-    for k, options in (('kind', KINDS), ('precision', PRECISIONS)):
+    for k, options in (('kind', KINDS), ('precision', PRECISIONS)) + (('warmup', WARMUPS),) * (self.warmup is not None):
         if getattr(self, k) not in options: raise ConfigError(f"{k} must be one of {', '.join(options)}; got {getattr(self, k)!r}")
     for k in ('epochs', 'batch_size', 'k_min', 'feature_batch'):
         if getattr(self, k) is not None and getattr(self, k) < 1: raise ConfigError(f"{k} must be at least 1, got {getattr(self, k)}")
@@ -230,7 +231,7 @@ def fit_classifier(net: nn.Module, params: list[dict], x: Tensor, y: Tensor, eva
     B = min(cfg.batch_size, len(x))
     steps, lr = len(x) // B, cfg.base_lr * B / 256
     opt = probe_optimizer(params, cfg.kind, lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps * cfg.epochs, cfg.warmup_epochs * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps * cfg.epochs, cfg.warmup_epochs * steps, cfg.warmup, steps))
     evals = EvalCB(evaluate)
     batches = classifier_batches(x, y.to(x.device), B, cfg.seed, augment if cfg.augment else None)
     Learner(net, batches, cross_entropy, opt, sched, [evals, ProgressCB(every=steps, desc=f"{cfg.kind} probe", enabled=progress)],

@@ -7,7 +7,7 @@ Docs: https://github.com/pmae-dev/pmae/reproduce.html.md"""
 # %% ../nbs/13_reproduce.ipynb #eff52afa
 from __future__ import annotations
 import datetime, functools, json, math, os, platform, re, subprocess, tempfile, time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -31,8 +31,8 @@ __all__ = ['DATASETS', 'BUDGETS', 'STAND_IN', 'PROVENANCE', 'PROBE_KEYS', 'Datas
            'semantics_label', 'Job', 'default_jobs', 'job_config', 'write_stand_in', 'data_root', 'data_copy',
            'random_basis', 'step_seconds', 'probe_passes', 'estimate', 'plan_table', 'fmt_seconds', 'BudgetError',
            'RunStopped', 'check_device', 'pretrain_job', 'job_provenance', 'probe_config', 'snapshot_probe',
-           'pretext_losses', 'snapshots', 'learning_curve', 'result_path', 'run_job', 'raw_pixel_yardstick',
-           'reproduce']
+           'pretext_losses', 'snapshots', 'knn_views', 'point_probes', 'learning_curve', 'result_path', 'run_job',
+           'curve_stops', 'job_result', 'raw_pixel_yardstick', 'reproduce']
 
 # %% ../nbs/13_reproduce.ipynb #3c04ebbc
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ class Budget:
     image_size: int = 0        # resize every data set to this side (0: the paper's size)
     curve: tuple = ()          # epochs of the learning curve, every probe at each (): the fast probe at each quarter
     hidden_projection: bool = False   # PMAE's hidden-only projection (chapter 06): the CPU budgets
+    linear_at: tuple = ()      # curve points that also get the paper's linear probe (augmented, 100 epochs)
+    knn_k_max: int = 19        # kNN sweeps k = 2..knn_k_max; above 19 the curve reports the paper's 2..19, k = 20 and the whole sweep
 
 # %% ../nbs/13_reproduce.ipynb #f8e643bd
 @patch
@@ -89,6 +91,9 @@ BUDGETS = {b.name: b for b in (
     Budget('laptop', 'mini', 4, epochs=100, batch_size=256, base_lr=1e-3, warmup_epochs=5, warmup='exponential', limit=0,
            probes=('fast', 'knn'), probe_epochs=None, save_every=1, image_size=16, curve=(5, 10, 20, 40, 70, 100),
            hidden_projection=True),
+    Budget('long', 'mini', 4, epochs=800, batch_size=256, base_lr=1e-3, warmup_epochs=40, warmup='exponential', limit=0,
+           probes=('fast', 'knn'), probe_epochs=None, save_every=1, image_size=16, curve=(50, 100, 200, 400, 600, 800),
+           hidden_projection=True, linear_at=(200, 400, 800), knn_k_max=100),
     Budget('paper', 'vit_tiny', 0, epochs=800, batch_size=512, base_lr=1.5e-4, warmup_epochs=40, warmup='exponential', limit=0,
            probes=('linear', 'mlp', 'knn'), probe_epochs=None, needs_gpu=True, compile=True, save_every=50))}
 
@@ -148,6 +153,7 @@ def default_jobs(dataset: str, budget: str | Budget) -> list[Job]:
     ocl, name = dataset_spec(dataset).ocl, get_budget(budget).name
     pmae_jobs = [Job('pmae', ocl)] + ([Job('pmae', 0.2)] if ocl != 0.2 else [])
     if name == 'paper': return [Job('mae_std'), Job('mae_rd'), *pmae_jobs, Job('pmae_rd')]
+    if name == 'long': return [Job('mae_std'), Job('pmae', ocl)]      # Table 1's pair on the paper's 800-epoch schedule
     if name == 'laptop':   # the key pair for the whole schedule; the contrasts stop at epoch 40 of the same schedule
         return [Job('mae_std'), Job('pmae', ocl), Job('pmae', ocl, cut='closest', loss_norm='hidden', stop_epoch=40),
                 Job('mae_std', norm_pix=True, stop_epoch=40), *[replace(j, stop_epoch=40) for j in pmae_jobs[1:]]]
@@ -198,13 +204,13 @@ PROVENANCE = ('commit', 'dataset', 'data_copy', 'budget', 'epochs', 'device', 'w
 
 def data_copy(ds: ImageDataset, root) -> str:
     "Which copy of a data set `ds` (read from `root`) is: stand-in, official files, or a re-encoded image folder."
-    if (Path(root) / STAND_IN).exists(): return f"stand-in: embedded photos in {ds.name}'s on-disk format ({root})"
-    src = source_paths(ds.name, Path(root), ds.shape[-1])[0].resolve()
+    if (Path(root) / STAND_IN).exists(): return f"stand-in: embedded photos in {ds.name}'s on-disk format"
+    src = source_paths(ds.name, Path(root), ds.shape[-1])[0].resolve()              # named by its kind, never by a machine path
     if src.is_dir() and (src / 'train').is_dir() and ds.name == 'cifar10':
         suffixes = sorted({p.suffix.lower() for p in (src / 'train').rglob('*') if p.is_file()})
         lossy = ": JPEG re-encoded, lossy, not the original pixels" if {".jpg", ".jpeg"} & set(suffixes) else ""
-        return f"image-folder copy at {src} ({', '.join(suffixes)} files{lossy})"
-    return f"official files at {src}"
+        return f"image-folder copy ({', '.join(suffixes)} files{lossy})"
+    return f"official files ({src.name})"
 
 # %% ../nbs/13_reproduce.ipynb #2aa00bd4
 def random_basis(shape: tuple, n_components: int, seed: int = 0) -> PCABasis:
@@ -296,7 +302,8 @@ def job_provenance(cfg: PretrainConfig, budget: Budget, summary: dict, started: 
 # %% ../nbs/13_reproduce.ipynb #3844222c
 def probe_config(budget: Budget, kind: str, device='auto') -> ProbeConfig:
     "The probe `kind` as `budget` runs it, on `device`."
-    return ProbeConfig(kind, epochs=budget.probe_epochs if kind in ('linear', 'mlp') else None, device=str(device))
+    knn = dict(k_max=budget.knn_k_max) if kind == 'knn' else {}
+    return ProbeConfig(kind, epochs=budget.probe_epochs if kind in ('linear', 'mlp') else None, device=str(device), **knn)
 
 PROBE_KEYS = ('kind', 'accuracy', 'best_acc', 'best_epoch', 'final_acc', 'best_k', 'sweep', 'history', 'n_train', 'n_test',
               'eval_split', 'checkpoint_sha256', 'checkpoint_epoch', 'wall_s', 'config')   # what a results file keeps of a probe
@@ -306,7 +313,8 @@ def snapshot_probe(snapshot, cfg: ProbeConfig) -> dict:
     path = probe_json_path(snapshot, cfg.kind)
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get('checkpoint_sha256') == sha256_file(snapshot) and saved.get('config', {}).get('kind') == cfg.kind: return saved
+        same = lambda c: {k: v for k, v in c.items() if k != 'device'}                # the probe as configured, wherever it ran
+        if saved.get('checkpoint_sha256') == sha256_file(snapshot) and same(saved.get('config', {})) == same(asdict(cfg.resolved())): return saved
     return run_probe(snapshot, cfg, verbose=False)
 
 
@@ -329,6 +337,25 @@ def snapshots(run_dir) -> dict[int, Path]:
     "A run's kept weight snapshots `epoch_NNNN.pt` by epoch (not their feature caches)."
     return {int(p.stem.split('_')[1]): p for p in sorted(Path(run_dir).glob('epoch_*.pt')) if re.fullmatch(r'epoch_\d+\.pt', p.name)}
 
+def knn_views(sweep: list[dict]) -> dict:
+    "A kNN sweep read three ways: the paper's best k over 2..19, k = 20 fixed, and the best k of the whole sweep (with its k)."
+    best = lambda rows: max(rows, key=lambda s: s['acc'])                       # the first, the smallest k, among equals
+    paper, wide = best([s for s in sweep if s['k'] <= 19]), best(sweep)
+    return dict(knn=paper['acc'], knn_k=paper['k'], knn_k20=next((s['acc'] for s in sweep if s['k'] == 20), None),
+                knn_wide=wide['acc'], knn_wide_k=wide['k'])
+
+def point_probes(snap, b: Budget, epoch: int, device='auto') -> dict:
+    "Every probe of one curve point: the budget's (kNN three ways when it sweeps past 19), and the paper's linear probe where the budget asks."
+    point = {}
+    for kind in (b.probes if b.curve else ('fast',)):
+        r = snapshot_probe(snap, probe_config(b, kind, device))
+        point[kind] = r['accuracy']
+        if kind == 'knn' and b.knn_k_max > 19: point.update(knn_views(r['sweep']))
+    if epoch in b.linear_at:
+        r = snapshot_probe(snap, probe_config(b, 'linear', device))      # selects on the test set, as the paper does: best and final
+        point.update(linear_best=r['best_acc'], linear_best_epoch=r['best_epoch'], linear_final=r['final_acc'])
+    return point
+
 def learning_curve(run_dir, budget: str | Budget = 'smoke', device='auto', held_out: int = 2048) -> list[dict]:
     "At each snapshot on the budget's curve: pre-training seconds so far and every probe; with a curve, the held-out pretext loss."
     b, seconds = get_budget(budget), read_metrics(run_dir)
@@ -336,7 +363,7 @@ def learning_curve(run_dir, budget: str | Budget = 'smoke', device='auto', held_
     for epoch, snap in snapshots(run_dir).items():
         if b.curve and epoch not in b.curve: continue
         point = dict(epoch=epoch, wall_s=round(sum(m['epoch_s'] for m in seconds if m['epoch'] <= epoch), 1))
-        for kind in (b.probes if b.curve else ('fast',)): point[kind] = snapshot_probe(snap, probe_config(b, kind, device))['accuracy']
+        point.update(point_probes(snap, b, epoch, device))
         point['accuracy'] = point['fast']                                       # the curve's headline probe
         if b.curve:
             if images is None: images = load_training_data(PretrainConfig.from_dict(read_checkpoint(snap)['config'])).eval.images[:held_out]
@@ -352,25 +379,37 @@ def result_path(results, dataset: str, budget: str, job: Job) -> Path:
 # %% ../nbs/13_reproduce.ipynb #2f9c90e6
 def run_job(dataset: str, job: Job, budget: str | Budget, root='data', runs='runs', results='results', device='auto',
             time_limit: float | None = None, verbose: bool = True, stop_epoch: int | None = None, **runtime) -> dict:
-    "Pre-train `job` (the budget's epochs, or to `stop_epoch` or the job's own), probe it, write its results JSON; `runtime`: `job_config`'s."
+    "Pre-train `job` (to the budget's end, `stop_epoch` or the job's own), pausing at each curve point to probe and rewrite its results JSON."
     started, b = time.time(), get_budget(budget)
     loaded_commit()                                                   # the code as it was when the run started
     cfg = job_config(dataset, job, b, root, runs, device, **runtime)
-    summary = pretrain_job(cfg, b, job, time_limit, stop_epoch or job.stop_epoch or None, verbose)
-    probes = {}
-    for kind in b.probes:
-        r = run_probe(summary['checkpoint'], probe_config(b, kind, device), verbose=verbose)
-        probes[kind] = {k: r[k] for k in PROBE_KEYS if k in r}
-    result = dict(dataset=dataset, label=dataset_spec(dataset).label, job=job.tag, method=job.method, ratio=job.ratio,
-                  row=job.row(dataset), hidden=job.hidden(), semantics=cfg.semantics(), budget=b.name, model=b.model,
-                  epochs=summary['epochs_done'], schedule_epochs=b.epochs,
-                  pretrain=dict(final_loss=summary['final_epoch_loss'], images_per_s=summary['images_per_s'], wall_s=summary['wall_s'],
-                                seconds=round(sum(m['epoch_s'] for m in read_metrics(cfg.run_dir)), 1), steps=summary['step'],
-                                config=summary['config']),
-                  probes=probes, curve=dict(probe='fast', points=learning_curve(cfg.run_dir, b, device)),
-                  provenance=job_provenance(cfg, b, summary, started))
-    write_json(result, result_path(results, dataset, b.name, job))
+    last, ckpt = stop_epoch or job.stop_epoch or b.epochs, cfg.run_dir / 'checkpoint.pt'
+    done = read_checkpoint(ckpt)['epoch'] if ckpt.is_file() else 0
+    for stop in curve_stops(b, last, done):
+        left = None if time_limit is None else max(time_limit - (time.time() - started), 0.0)
+        summary = pretrain_job(cfg, b, job, left, stop if stop < b.epochs else None, verbose)
+        result = job_result(dataset, job, b, cfg, summary, started, device)
+        write_json(result, result_path(results, dataset, b.name, job))
     return result
+
+def curve_stops(b: Budget, last: int, done: int) -> list[int]:
+    "Where a run to epoch `last`, `done` epochs in, pauses to probe: the curve's points between, then `last`."
+    return [e for e in b.curve if done < e < last] + [last]
+
+def job_result(dataset: str, job: Job, b: Budget, cfg: PretrainConfig, summary: dict, started: float, device) -> dict:
+    "A job's results: its pre-training, the probes of its latest weights, its learning curve so far and its provenance."
+    weights, probes = snapshots(cfg.run_dir).get(summary['epochs_done'], summary['checkpoint']), {}
+    for kind in b.probes:
+        r = snapshot_probe(weights, probe_config(b, kind, device))
+        probes[kind] = {k: r[k] for k in PROBE_KEYS if k in r}
+    return dict(dataset=dataset, label=dataset_spec(dataset).label, job=job.tag, method=job.method, ratio=job.ratio,
+                row=job.row(dataset), hidden=job.hidden(), semantics=cfg.semantics(), budget=b.name, model=b.model,
+                epochs=summary['epochs_done'], schedule_epochs=b.epochs,
+                pretrain=dict(final_loss=summary['final_epoch_loss'], images_per_s=summary['images_per_s'], wall_s=summary['wall_s'],
+                              seconds=round(sum(m['epoch_s'] for m in read_metrics(cfg.run_dir)), 1), steps=summary['step'],
+                              config=summary['config']),
+                probes=probes, curve=dict(probe='fast', points=learning_curve(cfg.run_dir, b, device)),
+                provenance=job_provenance(cfg, b, summary, started))
 
 
 # %% ../nbs/13_reproduce.ipynb #afa9d561
