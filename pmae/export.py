@@ -13,18 +13,21 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn, Tensor
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
 import pmae
 from .mae import MaskedAutoencoder, ViTConfig
-from .train import PretrainConfig, load_encoder, read_checkpoint
+from .pca import PCABasis
+from .train import PretrainConfig, build_model, load_encoder, read_checkpoint
 from .core import sha256_file
 
 # %% auto #0
-__all__ = ['TIMM_NAMES', 'EXPORT_FORMAT', 'CONFIG_FILE', 'WEIGHTS_FILE', 'STATS_FILE', 'EXPORT_FILES', 'INPUT', 'timm_args',
-           'timm_state_dict', 'export_config', 'write_export', 'TimmEncoder', 'read_export', 'load_timm',
-           'export_sha256', 'max_feature_diff', 'export_encoder']
+__all__ = ['TIMM_NAMES', 'EXPORT_FORMAT', 'CONFIG_FILE', 'WEIGHTS_FILE', 'STATS_FILE', 'EXPORT_FILES', 'INPUT', 'TRAINED_FORMAT',
+           'timm_args', 'timm_state_dict', 'export_config', 'write_export', 'TimmEncoder', 'read_export', 'load_timm',
+           'export_sha256', 'max_feature_diff', 'export_encoder', 'save_basis', 'load_basis', 'save_trained',
+           'load_trained']
 
 # %% ../nbs/11_export.ipynb #9b147e35
 TIMM_NAMES = {192: 'vit_tiny_patch16_224', 384: 'vit_small_patch16_224', 768: 'vit_base_patch16_224'}   # timm's names by width
@@ -137,3 +140,49 @@ def export_encoder(checkpoint, out_dir, n_check: int = 16) -> dict:
         tmp.rename(out_dir)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dict(out_dir=str(out_dir), method=config['pmae']['masking']['method'], epoch=state['epoch'], n_check=n_check, max_abs_diff=diff)
+
+# %% ../nbs/11_export.ipynb #0a9628d7
+def save_basis(basis: PCABasis, path, dtype=torch.float16) -> Path:
+    "A PCA basis as safetensors: components (K, D) in `dtype`; eigenvalues, per-pixel mean and std in float32; totals as metadata."
+    tensors = dict(components=basis.components.to(dtype), eigenvalues=basis.eigenvalues.float(), mean=basis.mean.float(), std=basis.std.float())
+    meta = dict(total_variance=repr(float(basis.total_variance)), n_samples=str(basis.n_samples), source=basis.source)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path, metadata=meta)
+    return Path(path)
+
+def load_basis(path) -> PCABasis:
+    "The basis `save_basis` wrote, in float32 (eigenvalues in float64, as `fit_pca` gives them)."
+    t = load_file(path)
+    with safe_open(path, 'pt') as f: meta = f.metadata()
+    return PCABasis(t['mean'], t['std'], t['components'].float(), t['eigenvalues'].double(), float(meta['total_variance']),
+                    int(meta['n_samples']), meta['source'])
+
+# %% ../nbs/11_export.ipynb #c9bfa0a8
+TRAINED_FORMAT = 'pmae-trained-model'
+
+def save_trained(checkpoint, folder, dtype=torch.float16) -> dict[str, str]:
+    "A run's whole model in `folder`: encoder and decoder as `dtype` safetensors, PMAE's basis too, `model.json`; {file: SHA-256}."
+    state, folder = read_checkpoint(checkpoint), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {'encoder': {k: v for k, v in state['model'].items() if not k.startswith('decoder.')},
+             'decoder': {k: v for k, v in state['model'].items() if k.startswith('decoder.')}}
+    for name, weights in parts.items(): save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, folder / f'{name}.safetensors')
+    cfg = PretrainConfig.from_dict(state['config'], str(checkpoint))
+    (folder / 'pca.safetensors').unlink(missing_ok=True)
+    if cfg.is_pmae: save_basis(PCABasis.load(cfg.pca or Path(checkpoint).parent / 'pca.pt'), folder / 'pca.safetensors', dtype)
+    config = {k: v for k, v in state['config'].items() if k not in ('out', 'data_root', 'pca')}   # no machine paths
+    meta = dict(format=TRAINED_FORMAT, version=1, epoch=state['epoch'], step=state['step'], dtype=str(dtype).removeprefix('torch.'),
+                config=config, model_config=state['model_config'], pca_sha256=state['pca_sha256'])
+    (folder / 'model.json').write_text(json.dumps(meta, indent=1) + '\n')
+    return {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.suffix in ('.json', '.safetensors')}
+
+# %% ../nbs/11_export.ipynb #d2c55cdf
+def load_trained(folder, device='cpu') -> MaskedAutoencoder:
+    "The whole model `save_trained` wrote into `folder` (decoder and, for PMAE, its basis), in float32, in eval mode."
+    folder = Path(folder)
+    meta = json.loads((folder / 'model.json').read_text()) if (folder / 'model.json').is_file() else {}
+    if meta.get('format') != TRAINED_FORMAT: raise ValueError(f"{folder} holds no model written by save_trained (no {TRAINED_FORMAT!r} model.json)")
+    cfg, vit = PretrainConfig.from_dict(meta['config']), ViTConfig(**meta['model_config'])
+    basis = load_basis(folder / 'pca.safetensors') if cfg.is_pmae else None
+    model = build_model(cfg, vit, basis, (torch.zeros(vit.image_shape), torch.ones(vit.image_shape)))
+    model.load_state_dict({k: v.float() for part in ('encoder', 'decoder') for k, v in load_file(folder / f'{part}.safetensors').items()})
+    return model.to(device).eval()

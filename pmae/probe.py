@@ -125,7 +125,7 @@ class ProbeConfig(Config):
                                              + recipe_help(lambda r: f"{r['warmup_epochs']} of {r['epochs']}") + ")")
     weight_decay: float | None = option(None, f"weight decay (default: {recipe_help('weight_decay')})")
     augment: bool | None = option(None, f"crop + flip of the training images (default: {recipe_help('augment')})")
-    warmup: str | None = option(None, f"warm-up shape, 'linear' or 'exponential' (then cosine; default: {recipe_help('warmup')})")
+    warmup: str | None = option(None, f"warm-up shape before the cosine, 'linear' or 'exponential' (default: {recipe_help('warmup')})")
     k_min: int = option(2, "kNN: k from k_min to k_max")
     k_max: int = option(19, "kNN: the largest k of the sweep")
     seed: int = option(0, "seed of the head's initialisation, the order of the images and the augmentation")
