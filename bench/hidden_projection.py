@@ -74,7 +74,10 @@ def main():
     if a.out: write_json(dict(data=f'{name} at 16x16', batch=a.batch, threads=torch.get_num_threads(), rounds=a.rounds,
                               ms={k: round(1000 * v, 1) for k, v in med.items()}, hidden_only_speedup=round(speedup, 3),
                               pmae_over_mae=round(cost, 3), max_relative_grad_diff=worst, commit=loaded_commit(),
-                              device=device_name(torch.device('cpu'))), a.out)
+                              device=device_name(torch.device('cpu')),
+                              provenance=dict(commit=loaded_commit(), dataset=name, data_copy=f'{name} resized to 16x16', budget='laptop',
+                                              epochs=0, device=device_name(torch.device('cpu')), wall_s=None,
+                                              command='python bench/hidden_projection.py', threads=torch.get_num_threads())), a.out)
 
 
 if __name__ == '__main__': main()

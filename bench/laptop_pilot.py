@@ -47,6 +47,9 @@ def main():
     print('\n'.join(table))
     write_json(dict(rows=rows, table='\n'.join(table), config=asdict(pilot_config('pmae', args.lrs[0], args.epochs, args.data_root, Path(args.runs))),
                     commit=loaded_commit(), device=device_name(torch.device('cpu')), threads=torch.get_num_threads(),
-                    data_copy='CIFAR-10 JPEG q75 image-folder copy, resized to 16x16'), args.out)
+                    data_copy='CIFAR-10 JPEG q75 image-folder copy, resized to 16x16',
+                    provenance=dict(commit=loaded_commit(), dataset='cifar10', data_copy='CIFAR-10 JPEG q75 image-folder copy, resized to 16x16; '
+                                    '5,000 training images held out', budget='laptop', epochs=args.epochs, device=device_name(torch.device('cpu')),
+                                    wall_s=None, command='python bench/laptop_pilot.py', threads=torch.get_num_threads())), args.out)
 
 if __name__ == '__main__': main()

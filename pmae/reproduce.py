@@ -421,9 +421,10 @@ def raw_pixel_yardstick(dataset: str, budget: str | Budget, root='data', results
     t0, cfg = time.time(), job_config(dataset, Job('mae_std'), b, root)
     ds, device = load_training_data(cfg), pick_device(device)
     probes = raw_pixel_probes(ds, [k for k in ('fast', 'knn') if k in b.probes], device)
+    prov = dict(commit=loaded_commit(), dataset=dataset, data_copy=data_copy(ds, cfg.data_root), budget=b.name, epochs=0,
+                device=device_name(device), wall_s=round(time.time() - t0, 1))
     result = dict(dataset=dataset, budget=b.name, image_size=ds.shape[-1], probes={k: v['accuracy'] for k, v in probes.items()},
-                  data_copy=data_copy(ds, cfg.data_root), n_train=len(ds.train), n_eval=len(ds.eval), commit=loaded_commit(),
-                  device=device_name(device), wall_s=round(time.time() - t0, 1))
+                  n_train=len(ds.train), n_eval=len(ds.eval), **{k: prov[k] for k in ('data_copy', 'commit', 'device', 'wall_s')}, provenance=prov)
     write_json(result, path)
     return result
 

@@ -1,0 +1,58 @@
+"""The long study's bookkeeping at every stop: each run's results and latest weights, copied into the checkout.
+
+The long study's runs (`pmae reproduce cifar10 --budget long`) train for hours in run folders outside the checkout,
+from a worktree of a clean commit, and write their results JSON there at every curve point. This copies, for every
+run that has written one, its results JSON into `results/cifar10/long/` and its latest weights (encoder and decoder
+in fp16 safetensors, PMAE's PCA basis, `model.json`: `pmae.export.save_trained`) into
+`results/cifar10/long/weights/<job>/`, recording the weights' epoch and SHA-256 in the JSON. With `--resume` it also
+keeps each run's full resumable state under `results/cifar10/long/resume/<job>/` (for a machine that loses its home
+folder between sessions). Runs under a sub-study folder (`--study diagnosis`) go to `results/cifar10/long/diagnosis/`.
+
+    python bench/long_study.py --runs ~/long/runs --results ~/long/results [--out results] [--resume] [--study diagnosis]
+"""
+import argparse, json, shutil
+from pathlib import Path
+
+from pmae.core import write_json
+from pmae.export import save_trained
+
+RESUME_FILES = ('checkpoint.pt', 'pca.pt', 'config.json', 'metrics.jsonl')   # what resuming a run needs
+
+
+def sync_run(run: Path, results: Path, dest: Path, resume: bool = False) -> dict | None:
+    "Copy one run's results JSON and latest weights into `dest`; None when the run has written no results yet."
+    src, ckpt = results / f'{run.name}.json', run / 'checkpoint.pt'
+    if not (src.is_file() and ckpt.is_file()): return None
+    files = save_trained(ckpt, dest / 'weights' / run.name)
+    epoch = json.loads((dest / 'weights' / run.name / 'model.json').read_text())['epoch']
+    result = json.loads(src.read_text()) | {'weights': dict(epoch=epoch, folder=f'weights/{run.name}', sha256=files)}
+    write_json(result, dest / f'{run.name}.json')
+    if resume:
+        keep = dest / 'resume' / run.name
+        keep.mkdir(parents=True, exist_ok=True)
+        for name in RESUME_FILES:
+            if (run / name).is_file(): shutil.copy2(run / name, keep / name)
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--runs', required=True, help='the runs folder the study writes (runs/<dataset>/<budget>/<job>/ inside)')
+    ap.add_argument('--results', required=True, help="the results folder the study's runs write")
+    ap.add_argument('--out', default='results', help="the checkout's results folder")
+    ap.add_argument('--dataset', default='cifar10'); ap.add_argument('--budget', default='long')
+    ap.add_argument('--study', default='', help="a sub-study's folder under the budget's (e.g. 'diagnosis')")
+    ap.add_argument('--resume', action='store_true', help="also keep each run's resumable state under resume/<job>/")
+    args = ap.parse_args()
+    sub = Path(args.dataset) / args.budget / args.study
+    runs, results, dest = Path(args.runs).expanduser() / sub, Path(args.results).expanduser() / sub, Path(args.out) / sub
+    for run in sorted(p for p in runs.iterdir() if (p / 'checkpoint.pt').is_file()):
+        r = sync_run(run, results, dest, args.resume)
+        if r is None: print(f"{run.name}: no results yet"); continue
+        last = r['curve']['points'][-1]
+        print(f"{run.name}: results at epoch {r['epochs']} (fast {last['fast']:.1f}, kNN {last['knn']:.1f}), "
+              f"weights at epoch {r['weights']['epoch']} -> {dest / r['weights']['folder']}")
+
+
+if __name__ == '__main__':
+    main()
