@@ -14,9 +14,9 @@ from .train import LEGACY_SEMANTICS
 
 # %% auto #0
 __all__ = ['PAPER_COLUMNS', 'PAPER_TABLE', 'PAPER_SWEEP', 'SWEEP_RATIOS', 'PAPER_CURVE', 'PROBE_NAMES', 'REQUIRED', 'PROBE_ORDER',
-           'ROW_ORDER', 'paper_value', 'ProvenanceError', 'check_result', 'with_semantics', 'load_results',
-           'paper_results', 'results_rows', 'row_key', 'table1', 'plot_results', 'sweep_points', 'plot_sweep',
-           'plot_curve']
+           'ROW_ORDER', 'ANSWER_PROBES', 'paper_value', 'ProvenanceError', 'check_result', 'with_semantics',
+           'load_results', 'paper_results', 'results_rows', 'row_key', 'table1', 'plot_results', 'sweep_points',
+           'plot_sweep', 'plot_curve', 'point_at', 'gap_words', 'study_answers']
 
 # %% ../nbs/14_results.ipynb #b2ac4a47
 PAPER_COLUMNS = ('cifar10', 'tinyimagenet', 'dermamnist', 'bloodmnist', 'pathmnist')
@@ -197,3 +197,30 @@ def plot_curve(results: list[dict], dataset: str = 'cifar10'):
     ax.set_xlabel('fraction of the pre-training epochs'); ax.set_ylabel('accuracy %')
     ax.set_title(f"{DATASETS[dataset].label}: learning curve"); ax.legend(fontsize=7)
     return fig
+
+# %% ../nbs/14_results.ipynb #d30e980a
+ANSWER_PROBES = {'fast': 'the fast probe', 'knn': 'kNN (best k of 2..19)', 'linear_best': "the paper's linear probe (best epoch)"}
+
+def point_at(result: dict, epoch: int) -> dict | None:
+    "The curve point of `result` at `epoch` (None if it has none)."
+    return next((p for p in result['curve']['points'] if p['epoch'] == epoch), None)
+
+def gap_words(pmae: float, mae: float, probe: str, noise: float | None) -> str:
+    "PMAE ahead or behind MAE on one probe, by how much, against the seed spread `noise`."
+    gap, name = pmae - mae, ANSWER_PROBES[probe]
+    where = 'level with' if round(gap, 1) == 0 else f"{'ahead of' if gap > 0 else 'behind'} MAE_std by {abs(gap):.1f} points on"
+    within = f", within the seed spread of {noise:.1f}" if noise is not None and abs(gap) <= noise else ''
+    return f"{where} {name} ({pmae:.1f}% against {mae:.1f}%{within})".replace(f"level with {name}", f"level with MAE_std on {name}")
+
+# %% ../nbs/14_results.ipynb #88bbbbe5
+def study_answers(mae: dict, pmae: dict, noise: dict | None = None) -> dict[int, str]:
+    "For every curve point both runs reached: one sentence saying whether PMAE is ahead of MAE, by how much, on which probe."
+    noise, out = noise or {}, {}
+    device = 'CPU' if pmae['provenance']['device'].startswith('cpu') else pmae['provenance']['device']
+    for p in pmae['curve']['points']:
+        m = point_at(mae, p['epoch'])
+        if m is None: continue
+        gaps = [gap_words(p[k], m[k], k, noise.get(k)) for k in ANSWER_PROBES if k in p and k in m]
+        head = f"At epoch {p['epoch']} of {pmae['schedule_epochs']} (the `{pmae['budget']}` budget, one seed, {device}), PMAE_ocl is "
+        out[p['epoch']] = head + '; '.join(gaps[:-1]) + (' and ' if len(gaps) > 1 else '') + gaps[-1] + '.'
+    return out
