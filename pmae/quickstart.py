@@ -18,13 +18,13 @@ from .pca import PCABasis
 from .masking import patch_mask_pixels
 from .mae import MAE, MaskedAutoencoder, ViTConfig, mae_prediction_images
 from .pmae import pmae_parts, shared_scale
-from .train import PretrainConfig, load_model, load_training_data, pretrain
+from .train import PretrainConfig, load_model, load_training_data, predict_nothing_loss, pretrain
 from .probe import ProbeConfig, raw_pixel_probes, run_probe
 from .core import show_images, write_json
 
 # %% auto #0
-__all__ = ['DEMO_METHODS', 'demo_data', 'demo_config', 'reconstruction_rows', 'show_reconstructions', 'pretrain_and_probe',
-           'raw_pixel_row', 'quickstart_table', 'quickstart']
+__all__ = ['DEMO_METHODS', 'demo_data', 'demo_config', 'reconstruction_rows', 'nothing_ratio', 'show_models',
+           'show_reconstructions', 'pretrain_and_probe', 'raw_pixel_row', 'quickstart_table', 'quickstart']
 
 # %% ../nbs/15_quickstart.ipynb #26a0112b
 def demo_data(name: str = 'auto', root='data') -> str:
@@ -54,15 +54,27 @@ def reconstruction_rows(model: MaskedAutoencoder, images: Tensor, seed: int = 0)
             'prediction, own scale': shared_scale(parts['prediction'])[0]}    # its pattern, however faint
 
 # %% ../nbs/15_quickstart.ipynb #58353889
-def show_reconstructions(checkpoints: dict, images: Tensor, seed: int = 0):
-    "One figure: for each method (name -> checkpoint), its rows from `reconstruction_rows` on `images`, each row named."
+@torch.no_grad()
+def nothing_ratio(model: MaskedAutoencoder, images: Tensor, seed: int = 0) -> float:
+    "`model`'s loss on `images` over the loss of predicting nothing, on the same masks (drawn from `seed`)."
+    loss = float(model(images, generator=torch.Generator().manual_seed(seed)).loss)
+    return loss / predict_nothing_loss(model, images, generator=torch.Generator().manual_seed(seed))
+
+def show_models(models: dict, images: Tensor, seed: int = 0, title: str = ''):
+    "One figure: for each model (name -> model), its rows from `reconstruction_rows` on `images`, named; its loss against predicting nothing."
     rows, names = [], []
-    for method, ckpt in checkpoints.items():
-        for what, row in reconstruction_rows(load_model(ckpt), images, seed).items():
-            rows.append(row); names.append(f"{method}: {what}")
+    for method, model in models.items():
+        for what, row in reconstruction_rows(model, images, seed).items():
+            extra = f" (loss {nothing_ratio(model, images, seed):.2f} of predicting nothing's)" if what == 'prediction' else ''
+            rows.append(row); names.append(f"{method}: {what}{extra}")
     fig = show_images(torch.cat(rows), titles=[''] * len(images) * len(rows), ncols=len(images), size=1.1)
     for r, name in enumerate(names): fig.axes[r * len(images)].set_title(name, fontsize=9, loc='left')
+    if title: fig.suptitle(title, fontsize=10, y=1.0)
     return fig
+
+def show_reconstructions(checkpoints: dict, images: Tensor, seed: int = 0, title: str = ''):
+    "`show_models` of the models that checkpoints (name -> checkpoint) hold."
+    return show_models({method: load_model(ckpt) for method, ckpt in checkpoints.items()}, images, seed, title)
 
 # %% ../nbs/15_quickstart.ipynb #6e288585
 DEMO_METHODS = {'mae_std': '75% of patches', 'pmae': '20% of variance'}
