@@ -4,7 +4,7 @@
     python bench/checkpoint_cost.py --model micro --repeats 3
 
 It builds the model of a paper run (ViT-T, 32x32, PMAE) with the optimiser state of one real step, then writes its
-checkpoint the way `BackgroundCheckpointCB` does (chapter 08: the state copied to the CPU, then `atomic_save`) `--repeats`
+checkpoint the way `BackgroundCheckpointCB` does (chapter 11: the state copied to the CPU, then `atomic_save`) `--repeats`
 times each way: in the foreground, where the loop waits for the whole write, and in the background, where it waits
 only for the copy to the CPU (the write itself overlaps the next steps). Prints the file size and seconds. Asserts nothing.
 """

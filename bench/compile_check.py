@@ -3,7 +3,7 @@
     python bench/compile_check.py                                   # the micro ViT on this CPU
     python bench/compile_check.py --model vit_tiny --device cuda --batch 512 --mode reduce-overhead
 
-For each method it times the real training step (chapter 13's `step_seconds`: `pretrain`'s own learner, pipeline and
+For each method it times the real training step (chapter 14's `step_seconds`: `pretrain`'s own learner, pipeline and
 precision, on random images and a random basis of the right size) twice in the same process: eager, then compiled by
 inductor (`--mode`), the first `--warmup` steps untimed (compilation happens there). It counts dynamo's compiled graphs
 and graph breaks over the compiled steps, and prints ms/step of both and their ratio. Asserts nothing.

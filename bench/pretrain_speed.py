@@ -13,7 +13,7 @@ For each image size (`--sizes`, default 32 and 64) and method (MAE_std: 75% of t
 PMAE: 20% of the variance hidden) it times, in steady state (`--warmup` untimed steps, compilation
 included, then `--steps` timed ones, synchronised on CUDA), full optimiser steps of three paths:
 
-- `fast`: pmae's own training step (chapter 09's `pretrain_learner`: the step `pmae pretrain` runs),
+- `fast`: pmae's own training step (chapter 08's `pretrain_learner`: the step `pmae pretrain` runs),
   uint8 images resident on the device with batched on-device crops and flips, bf16 autocast on
   CUDA (fp32 on CPU), `torch.compile` (unless `--no-compile`; `--compile-mode reduce-overhead` for
   CUDA graphs), fused AdamW on CUDA, optionally TF32 (`--tf32`) and the crops and masks of several
@@ -130,7 +130,7 @@ class Runner(NamedTuple):
     setup: str
 
 def pmae_runner(path: str, method: str, data: SizeData, args, device: torch.device) -> Runner:
-    "pmae's own training step (chapter 09's `pretrain_learner`), fed by device-resident batches (`fast`) or a DataLoader (`loader`)."
+    "pmae's own training step (chapter 08's `pretrain_learner`), fed by device-resident batches (`fast`) or a DataLoader (`loader`)."
     fast = path == 'fast'
     cfg = PretrainConfig(dataset=data.name, model=args.model, method=method, batch_size=args.batch, device=str(device),
                          pipeline='memory' if fast else 'loader', workers=args.workers, compile=fast and args.compile,

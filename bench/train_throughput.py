@@ -8,7 +8,7 @@ For each model and method (MAE_std, PMAE at r = 0.2) it times, in steady state (
 steps, synchronised on CUDA), full optimiser steps of `pmae.train` fed by
 (a) `memory`: uint8 images on the device, crops and flips for the whole batch in one call, and
 (b) `loader`: a torchvision DataLoader with per-image transforms in `--workers` processes,
-each through the `Learner` that `pmae pretrain` builds (chapter 09's `pretrain_learner`),
+each through the `Learner` that `pmae pretrain` builds (chapter 08's `pretrain_learner`),
 and, for scale, the pipelines alone (augmentation, no model). With `--epoch` it also runs one full
 epoch of `pmae.train.pretrain` per method and reports its wall time. Prints a table; asserts nothing.
 """

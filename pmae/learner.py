@@ -45,12 +45,12 @@ class Learner:
         self.status = 'new'                   # after `fit`: 'complete', 'stopped', 'interrupted' or 'failed'
         self.epoch_loss = self.images_per_s = None                # MetricsCB: last epoch's mean loss, the fit's images/s
         self.checkpoint = self.saved_at = None                    # CheckpointCB: its file, the position last written there
-        self.procs = None                     # several processes (chapter 08): who they are; None is one process
+        self.procs = None                     # several processes (chapter 11): who they are; None is one process
 
 # %% ../nbs/04_learner.ipynb #6e0c4a51
 @patch
 def any_process(self: Learner, flag: bool) -> bool:
-    "`flag` on one process; with several (chapter 08), True on every process when it is True on any."
+    "`flag` on one process; with several (chapter 11), True on every process when it is True on any."
     return flag if self.procs is None else self.procs.any(flag, self.device)
 
 @patch(as_prop=True)

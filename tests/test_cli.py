@@ -1,4 +1,4 @@
-"""The `pmae` command (chapter 12): help, the shipped configs, end-to-end runs of both objectives, every bad input's message."""
+"""The `pmae` command (chapter 13): help, the shipped configs, end-to-end runs of both objectives, every bad input's message."""
 import json, shutil, subprocess, sys, tomllib
 from dataclasses import fields
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Export to timm (chapter 11): the exported model's features equal `encode` for `micro` and `vit_tiny`, MAE and PMAE;
+"""Export to timm (chapter 12): the exported model's features equal `encode` for `micro` and `vit_tiny`, MAE and PMAE;
 timm alone loads it; every bad input gets one line.
 
 The checkpoints are real pre-training runs of seconds on the embedded photos: `micro` at 16 x 16 (256 images, one

@@ -1,4 +1,4 @@
-"Reproduction runs (chapter 13) and results against the paper (chapter 14): budgets, provenance, the pmae reproduce command."
+"Reproduction runs (chapter 14) and results against the paper (chapter 15): budgets, provenance, the pmae reproduce command."
 import json, os, subprocess, sys
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Pre-training (chapter 09): resume = uninterrupted for every objective and pipeline, early stops, snapshots,
+"""Pre-training (chapter 08): resume = uninterrupted for every objective and pipeline, early stops, snapshots,
 the NaN stop, and DistributedDataParallel on 2 CPU processes (gloo) against one process."""
 import json, os, signal, subprocess, sys, time
 from dataclasses import replace
