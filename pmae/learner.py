@@ -30,6 +30,7 @@ class Callback:
     "Base class of callbacks: methods named after events receive the learner; a lower `order` runs first."
     order = 0
 
+# %% ../nbs/04_learner.ipynb #57c1b865
 class Learner:
     "Trains `model` on `batches(epoch, start_batch)` with `loss_fn(net, batch)`, `opt` and `sched`; callbacks do everything else."
     def __init__(self, model: nn.Module, batches, loss_fn, opt, sched=None, cbs=(), dtype=None, clip: float = 0.0,
@@ -47,17 +48,7 @@ class Learner:
         self.checkpoint = self.saved_at = None                    # CheckpointCB: its file, the position last written there
         self.procs = None                     # several processes (chapter 11): who they are; None is one process
 
-# %% ../nbs/04_learner.ipynb #6e0c4a51
-@patch
-def any_process(self: Learner, flag: bool) -> bool:
-    "`flag` on one process; with several (chapter 11), True on every process when it is True on any."
-    return flag if self.procs is None else self.procs.any(flag, self.device)
-
-@patch(as_prop=True)
-def main(self: Learner) -> bool:
-    "Whether this process writes files: the only one, or the first of several."
-    return self.procs is None or self.procs.main
-
+# %% ../nbs/04_learner.ipynb #45105494
 @patch
 def callback(self: Learner, event: str):
     "Call every callback's method for `event`, in order."
@@ -103,6 +94,17 @@ def one_step(self: Learner, batch) -> Tensor:
     self.scaler.step(self.opt); self.scaler.update()
     if self.sched is not None: self.sched.step()
     return loss.detach().float()
+
+# %% ../nbs/04_learner.ipynb #75de93c2
+@patch
+def any_process(self: Learner, flag: bool) -> bool:
+    "`flag` on one process; with several (chapter 11), True on every process when it is True on any."
+    return flag if self.procs is None else self.procs.any(flag, self.device)
+
+@patch(as_prop=True)
+def main(self: Learner) -> bool:
+    "Whether this process writes files: the only one, or the first of several."
+    return self.procs is None or self.procs.main
 
 # %% ../nbs/04_learner.ipynb #cab7d537
 WARMUPS = ('linear', 'exponential')

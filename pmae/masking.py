@@ -15,9 +15,9 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['CUTS', 'COMPONENT_ORDERS', 'MASKINGS', 'patchify', 'unpatchify', 'check_ratio', 'check_ratio_range', 'draw_ratios',
-           'visible_count', 'PatchMask', 'mask_at', 'random_patch_mask', 'visible_counts', 'PatchMasking',
+           'visible_count', 'PatchMask', 'mask_at', 'random_patch_mask', 'patch_mask_pixels', 'PatchMasking',
            'closest_prefix', 'hide_prefix', 'hidden_variance', 'check_variance_ratios', 'component_mask',
-           'ComponentMask', 'ComponentMasking', 'get_masking', 'patch_mask_pixels']
+           'ComponentMask', 'ComponentMasking', 'get_masking', 'visible_counts']
 
 # %% ../nbs/03_masking.ipynb #d8497637
 def patchify(images: Tensor, p: int) -> Tensor:
@@ -84,10 +84,11 @@ def random_patch_mask(n: int, n_patches: int, ratio: float, generator=None, devi
     mask = PatchMask(shuffle[..., :n_keep], restore, restore >= n_keep)         # hidden: shuffled behind the visible ones
     return mask if steps else mask_at(mask, 0)
 
-# %% ../nbs/03_masking.ipynb #36cd8710
-def visible_counts(n_patches: int, ratios: Tensor) -> Tensor:
-    "`visible_count` of a tensor of ratios, computed where the ratios live (no host round trip)."
-    return (n_patches * (1 - ratios)).floor().long().clamp(1, n_patches - 1)
+# %% ../nbs/03_masking.ipynb #7bfd99c8
+def patch_mask_pixels(hidden: Tensor, p: int, shape) -> Tensor:
+    "Per-pixel mask (N, 1, H, W) from a patch mask (N, L): True where a pixel lies in a hidden patch."
+    c, h, w = shape
+    return unpatchify(hidden[..., None].expand(-1, -1, p * p).float(), p, (1, h, w)).bool()
 
 # %% ../nbs/03_masking.ipynb #75ada114
 @dataclass(frozen=True)
@@ -225,8 +226,7 @@ def get_masking(name: str, ratio: float | None = None, **options):
     return replace(m, **options) if options else m
 
 
-# %% ../nbs/03_masking.ipynb #7bfd99c8
-def patch_mask_pixels(hidden: Tensor, p: int, shape) -> Tensor:
-    "Per-pixel mask (N, 1, H, W) from a patch mask (N, L): True where a pixel lies in a hidden patch."
-    c, h, w = shape
-    return unpatchify(hidden[..., None].expand(-1, -1, p * p).float(), p, (1, h, w)).bool()
+# %% ../nbs/03_masking.ipynb #36cd8710
+def visible_counts(n_patches: int, ratios: Tensor) -> Tensor:
+    "`visible_count` of a tensor of ratios, computed where the ratios live (no host round trip)."
+    return (n_patches * (1 - ratios)).floor().long().clamp(1, n_patches - 1)

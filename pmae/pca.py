@@ -34,7 +34,6 @@ def typical_std(std: Tensor) -> Tensor:
     varying = std[std > CONSTANT_STD]
     return varying.square().mean().sqrt() if len(varying) else std.new_zeros(())
 
-# %% ../nbs/01_pca.ipynb #b941f5a2
 def safe_std(std: Tensor) -> Tensor:
     "The std to standardise by: the raw per-pixel `std` floored at `STD_FLOOR` × its typical value (all 1 if nothing varies)."
     floor = STD_FLOOR * typical_std(std)
@@ -47,7 +46,6 @@ def numerical_rank(values: Tensor, dim: int, n: int) -> int:
     tol = values[0].clamp_min(0) * dim * torch.finfo(values.dtype).eps
     return min(int((values > tol).sum()), n - 1)
 
-# %% ../nbs/01_pca.ipynb #c4dd5399
 def fix_signs(vectors: Tensor) -> Tensor:
     "Flip each row so that its entry of largest magnitude is positive."
     biggest = vectors.gather(1, vectors.abs().argmax(1, keepdim=True))   # (K, 1)
@@ -147,7 +145,6 @@ def n_components_for(self: PCABasis, ratio: float) -> int:
     cumulative = self.ratios.cumsum(0)   # (K,)
     return int((cumulative - ratio).abs().argmin()) + 1
 
-# %% ../nbs/01_pca.ipynb #76b894b6
 def variance_table(basis: PCABasis, ratios=(0.1, 0.2, 0.5, 0.8, 0.9, 0.99)) -> str:
     "For each variance fraction, how many top components explain it and the exact fraction they hold."
     cumulative = basis.ratios.cumsum(0)
