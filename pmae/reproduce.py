@@ -31,8 +31,8 @@ __all__ = ['DATASETS', 'BUDGETS', 'STAND_IN', 'PROVENANCE', 'PROBE_KEYS', 'Datas
            'semantics_label', 'Job', 'default_jobs', 'job_config', 'write_stand_in', 'data_root', 'data_copy',
            'random_basis', 'step_seconds', 'probe_passes', 'estimate', 'plan_table', 'fmt_seconds', 'BudgetError',
            'RunStopped', 'check_device', 'pretrain_job', 'job_provenance', 'probe_config', 'snapshot_probe',
-           'pretext_losses', 'snapshots', 'knn_views', 'point_probes', 'learning_curve', 'result_path', 'run_job',
-           'curve_stops', 'job_result', 'raw_pixel_yardstick', 'reproduce']
+           'pretext_losses', 'snapshots', 'knn_views', 'point_probes', 'learning_curve', 'result_path', 'curve_stops',
+           'job_result', 'run_job', 'raw_pixel_yardstick', 'reproduce']
 
 # %% ../nbs/14_reproduce.ipynb #3c04ebbc
 @dataclass(frozen=True)
@@ -376,26 +376,12 @@ def result_path(results, dataset: str, budget: str, job: Job) -> Path:
     return Path(results) / dataset / budget / f'{job.tag}.json'
 
 
-# %% ../nbs/14_reproduce.ipynb #2f9c90e6
-def run_job(dataset: str, job: Job, budget: str | Budget, root='data', runs='runs', results='results', device='auto',
-            time_limit: float | None = None, verbose: bool = True, stop_epoch: int | None = None, **runtime) -> dict:
-    "Pre-train `job` (to the budget's end, `stop_epoch` or the job's own), pausing at each curve point to probe and rewrite its results JSON."
-    started, b = time.time(), get_budget(budget)
-    loaded_commit()                                                   # the code as it was when the run started
-    cfg = job_config(dataset, job, b, root, runs, device, **runtime)
-    last, ckpt = stop_epoch or job.stop_epoch or b.epochs, cfg.run_dir / 'checkpoint.pt'
-    done = read_checkpoint(ckpt)['epoch'] if ckpt.is_file() else 0
-    for stop in curve_stops(b, last, done):
-        left = None if time_limit is None else max(time_limit - (time.time() - started), 0.0)
-        summary = pretrain_job(cfg, b, job, left, stop if stop < b.epochs else None, verbose)
-        result = job_result(dataset, job, b, cfg, summary, started, device)
-        write_json(result, result_path(results, dataset, b.name, job))
-    return result
-
+# %% ../nbs/14_reproduce.ipynb #d51fe240
 def curve_stops(b: Budget, last: int, done: int) -> list[int]:
     "Where a run to epoch `last`, `done` epochs in, pauses to probe: the curve's points between, then `last`."
     return [e for e in b.curve if done < e < last] + [last]
 
+# %% ../nbs/14_reproduce.ipynb #b00beac6
 def job_result(dataset: str, job: Job, b: Budget, cfg: PretrainConfig, summary: dict, started: float, device) -> dict:
     "A job's results: its pre-training, the probes of its latest weights, its learning curve so far and its provenance."
     weights, probes = snapshots(cfg.run_dir).get(summary['epochs_done'], summary['checkpoint']), {}
@@ -411,6 +397,21 @@ def job_result(dataset: str, job: Job, b: Budget, cfg: PretrainConfig, summary: 
                 probes=probes, curve=dict(probe='fast', points=learning_curve(cfg.run_dir, b, device)),
                 provenance=job_provenance(cfg, b, summary, started))
 
+# %% ../nbs/14_reproduce.ipynb #2f9c90e6
+def run_job(dataset: str, job: Job, budget: str | Budget, root='data', runs='runs', results='results', device='auto',
+            time_limit: float | None = None, verbose: bool = True, stop_epoch: int | None = None, **runtime) -> dict:
+    "Pre-train `job` (to the budget's end, `stop_epoch` or the job's own), pausing at each curve point to probe and rewrite its results JSON."
+    started, b = time.time(), get_budget(budget)
+    loaded_commit()                                                   # the code as it was when the run started
+    cfg = job_config(dataset, job, b, root, runs, device, **runtime)
+    last, ckpt = stop_epoch or job.stop_epoch or b.epochs, cfg.run_dir / 'checkpoint.pt'
+    done = read_checkpoint(ckpt)['epoch'] if ckpt.is_file() else 0
+    for stop in curve_stops(b, last, done):
+        left = None if time_limit is None else max(time_limit - (time.time() - started), 0.0)
+        summary = pretrain_job(cfg, b, job, left, stop if stop < b.epochs else None, verbose)
+        result = job_result(dataset, job, b, cfg, summary, started, device)
+        write_json(result, result_path(results, dataset, b.name, job))
+    return result
 
 # %% ../nbs/14_reproduce.ipynb #afa9d561
 def raw_pixel_yardstick(dataset: str, budget: str | Budget, root='data', results='results', device='auto') -> dict:
