@@ -1,5 +1,6 @@
 """The shape of the book, per chapter: cells, export cells, export cells directly followed by another export cell, the
-longest export cell (lines of code, directives and blank lines not counted) and test cells with more than three assertions.
+longest export cell (lines of code, directives and blank lines not counted), test cells with more than three assertions, and
+the index of the first cell whose committed output is a picture (where a chapter's idea is first seen; '-' for none).
 
     python bench/notebook_shape.py                 # the notebooks in nbs/ as they are
     python bench/notebook_shape.py --rev 9609b93   # as they were at a commit (read with git, nothing checked out)
@@ -28,7 +29,11 @@ def shape(cells: list[dict]) -> dict:
     tests = [c for c, e in zip(cells, export) if c['cell_type'] == 'code' and not e]
     return dict(cells=len(cells), export=sum(export), back_to_back=sum(a and b for a, b in zip(export, export[1:])),
                 longest=max((code_lines(c) for c, e in zip(cells, export) if e), default=0),
-                heavy_tests=sum(len(ASSERTION.findall(source(c))) > 3 for c in tests))
+                heavy_tests=sum(len(ASSERTION.findall(source(c))) > 3 for c in tests), first_picture=first_picture(cells))
+
+def first_picture(cells: list[dict]) -> int | None:
+    "Index of the first cell with an image among its committed outputs (None if no cell has one)."
+    return next((i for i, c in enumerate(cells) if any('image/png' in o.get('data', {}) for o in c.get('outputs', []))), None)
 
 def notebooks(rev: str | None) -> dict[str, list[dict]]:
     "Each chapter's cells by name, from nbs/ or from commit `rev`."
@@ -40,12 +45,13 @@ def notebooks(rev: str | None) -> dict[str, list[dict]]:
 def table(chapters: dict[str, list[dict]]) -> str:
     "The Markdown table, one row per chapter and a total."
     rows = {name: shape(cells) for name, cells in chapters.items()}
-    lines = ['| chapter | cells | export cells | export cells directly followed by another | longest export cell (lines) | test cells with > 3 assertions |',
-             '|---|---:|---:|---:|---:|---:|']
-    lines += [f"| {n} | {r['cells']} | {r['export']} | {r['back_to_back']} | {r['longest']} | {r['heavy_tests']} |" for n, r in rows.items()]
+    lines = ['| chapter | cells | export cells | export cells directly followed by another | longest export cell (lines) | test cells with > 3 assertions | first picture (cell) |',
+             '|---|---:|---:|---:|---:|---:|---:|']
+    pic = lambda r: '-' if r['first_picture'] is None else r['first_picture']
+    lines += [f"| {n} | {r['cells']} | {r['export']} | {r['back_to_back']} | {r['longest']} | {r['heavy_tests']} | {pic(r)} |" for n, r in rows.items()]
     total = lambda k: sum(r[k] for r in rows.values())
     lines.append(f"| all | {total('cells')} | {total('export')} | {total('back_to_back')} | "
-                 f"{max((r['longest'] for r in rows.values()), default=0)} | {total('heavy_tests')} |")
+                 f"{max((r['longest'] for r in rows.values()), default=0)} | {total('heavy_tests')} | |")
     return '\n'.join(lines)
 
 
