@@ -31,7 +31,7 @@ __all__ = ['DATASETS', 'BUDGETS', 'STAND_IN', 'PROVENANCE', 'PROBE_KEYS', 'Datas
            'semantics_label', 'Job', 'default_jobs', 'job_config', 'write_stand_in', 'data_root', 'data_copy',
            'random_basis', 'step_seconds', 'probe_passes', 'estimate', 'plan_table', 'fmt_seconds', 'BudgetError',
            'RunStopped', 'check_device', 'pretrain_job', 'job_provenance', 'probe_config', 'snapshot_probe',
-           'pretext_losses', 'snapshots', 'knn_views', 'point_probes', 'learning_curve', 'result_path', 'curve_stops',
+           'pretext_losses', 'snapshots', 'result_path', 'knn_views', 'point_probes', 'learning_curve', 'curve_stops',
            'job_result', 'run_job', 'raw_pixel_yardstick', 'reproduce']
 
 # %% ../nbs/14_reproduce.ipynb #3c04ebbc
@@ -337,6 +337,11 @@ def snapshots(run_dir) -> dict[int, Path]:
     "A run's kept weight snapshots `epoch_NNNN.pt` by epoch (not their feature caches)."
     return {int(p.stem.split('_')[1]): p for p in sorted(Path(run_dir).glob('epoch_*.pt')) if re.fullmatch(r'epoch_\d+\.pt', p.name)}
 
+def result_path(results, dataset: str, budget: str, job: Job) -> Path:
+    "Where a job's results JSON lives."
+    return Path(results) / dataset / budget / f'{job.tag}.json'
+
+# %% ../nbs/14_reproduce.ipynb #1061090c
 def knn_views(sweep: list[dict]) -> dict:
     "A kNN sweep read three ways: the paper's best k over 2..19, k = 20 fixed, and the best k of the whole sweep (with its k)."
     best = lambda rows: max(rows, key=lambda s: s['acc'])                       # the first, the smallest k, among equals
@@ -356,6 +361,7 @@ def point_probes(snap, b: Budget, epoch: int, device='auto') -> dict:
         point.update(linear_best=r['best_acc'], linear_best_epoch=r['best_epoch'], linear_final=r['final_acc'])
     return point
 
+# %% ../nbs/14_reproduce.ipynb #47e378a8
 def learning_curve(run_dir, budget: str | Budget = 'smoke', device='auto', held_out: int = 2048) -> list[dict]:
     "At each snapshot on the budget's curve: pre-training seconds so far and every probe; with a curve, the held-out pretext loss."
     b, seconds = get_budget(budget), read_metrics(run_dir)
@@ -370,11 +376,6 @@ def learning_curve(run_dir, budget: str | Budget = 'smoke', device='auto', held_
             point.update(pretext_losses(snap, images))
         points.append(point)
     return points
-
-def result_path(results, dataset: str, budget: str, job: Job) -> Path:
-    "Where a job's results JSON lives."
-    return Path(results) / dataset / budget / f'{job.tag}.json'
-
 
 # %% ../nbs/14_reproduce.ipynb #d51fe240
 def curve_stops(b: Budget, last: int, done: int) -> list[int]:
