@@ -6,9 +6,11 @@ run that has written one, its results JSON into `results/cifar10/long/` and its 
 in fp16 safetensors, PMAE's PCA basis, `model.json`: `pmae.export.save_trained`) into
 `results/cifar10/long/weights/<job>/`, recording the weights' epoch and SHA-256 in the JSON. With `--resume` it also
 keeps each run's full resumable state under `results/cifar10/long/resume/<job>/` (for a machine that loses its home
-folder between sessions). Runs under a sub-study folder (`--study diagnosis`) go to `results/cifar10/long/diagnosis/`.
+folder between sessions). A sub-study's runs, kept in their own `--runs` and `--results` folders, go with
+`--study diagnosis` to `results/cifar10/long/diagnosis/`, where readers of `results/<data set>/<budget>/*.json` do not look.
 
-    python bench/long_study.py --runs ~/long/runs --results ~/long/results [--out results] [--resume] [--study diagnosis]
+    python bench/long_study.py --runs ~/long/runs --results ~/long/results [--out results] [--resume]
+    python bench/long_study.py --runs ~/long/diag-runs --results ~/long/diag-results --study diagnosis
 """
 import argparse, json, shutil
 from pathlib import Path
@@ -41,11 +43,11 @@ def main():
     ap.add_argument('--results', required=True, help="the results folder the study's runs write")
     ap.add_argument('--out', default='results', help="the checkout's results folder")
     ap.add_argument('--dataset', default='cifar10'); ap.add_argument('--budget', default='long')
-    ap.add_argument('--study', default='', help="a sub-study's folder under the budget's (e.g. 'diagnosis')")
+    ap.add_argument('--study', default='', help="a sub-study's folder in the checkout under the budget's, e.g. 'diagnosis' (its runs in their own --runs/--results)")
     ap.add_argument('--resume', action='store_true', help="also keep each run's resumable state under resume/<job>/")
     args = ap.parse_args()
-    sub = Path(args.dataset) / args.budget / args.study
-    runs, results, dest = Path(args.runs).expanduser() / sub, Path(args.results).expanduser() / sub, Path(args.out) / sub
+    sub = Path(args.dataset) / args.budget                      # where `pmae reproduce --runs/--results` put them
+    runs, results, dest = Path(args.runs).expanduser() / sub, Path(args.results).expanduser() / sub, Path(args.out) / sub / args.study
     for run in sorted(p for p in runs.iterdir() if (p / 'checkpoint.pt').is_file()):
         r = sync_run(run, results, dest, args.resume)
         if r is None: print(f"{run.name}: no results yet"); continue

@@ -104,10 +104,11 @@ def parse_job(text: str) -> Job:
     method, _, ratio = head.partition(':')
     try:
         fields = dict(p.split('=', 1) for p in pairs)
-        kinds = {'cut': str, 'loss_norm': str, 'norm_pix': lambda v: {'true': True, 'false': False}[v.lower()], 'stop_epoch': int, 'seed': int}
+        flag = lambda v: {'true': True, 'false': False}[v.lower()]
+        kinds = {'cut': str, 'loss_norm': str, 'norm_pix': flag, 'stop_epoch': int, 'seed': int, 'per_sample': flag}
         return Job(method, float(ratio) if ratio else 0.0, **{k: kinds[k](v) for k, v in fields.items()})
     except (ValueError, KeyError): raise ConfigError(f"bad job {text!r}: expected METHOD[:RATIO][,FIELD=VALUE...] with fields "
-                                                     "cut, loss_norm, norm_pix, stop_epoch, seed, e.g. pmae:0.1,cut=closest") from None
+                                                     "cut, loss_norm, norm_pix, stop_epoch, seed, per_sample, e.g. pmae:0.1,cut=closest") from None
 
 # %% ../nbs/13_cli.ipynb #6fc08295
 def cmd_demo(args) -> int:

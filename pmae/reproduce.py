@@ -122,6 +122,7 @@ class Job:
     norm_pix: bool = False        # MAE: per-patch normalised targets (the MAE paper's recipe, not what the reference ran)
     stop_epoch: int = 0           # stop (resumably) at this epoch of the budget's schedule; 0: run it all
     seed: int = 0                 # pre-training seed: 0 is the reproduction's run, others repeat it with another draw
+    per_sample: bool = False      # PMAE: one component mask per image instead of the reference's one per batch
 
     @property
     def label(self) -> str: return semantics_label(self.method, self.cut, self.loss_norm, self.norm_pix)
@@ -129,7 +130,7 @@ class Job:
     def tag(self) -> str:
         base = self.method if not self.ratio else f"{self.method}_{self.ratio:g}"
         words = [w for w in self.label.replace('-', '').replace(',', '').split() if w not in ('cut', 'loss')]
-        return base + ''.join(f"_{w}" for w in words) + (f"_seed{self.seed}" if self.seed else '')
+        return base + ''.join(f"_{w}" for w in words) + '_persample' * self.per_sample + (f"_seed{self.seed}" if self.seed else '')
 
 # %% ../nbs/14_reproduce.ipynb #19870d54
 @patch
@@ -139,7 +140,7 @@ def row(self: Job, dataset: str) -> str:
     if self.method == 'mae_std': name = 'MAE_std' if r == 0.75 else f"MAE p={r:g}"
     elif self.method == 'pmae': name = 'PMAE_ocl' if r == dataset_spec(dataset).ocl else f"PMAE r={r:g}"
     else: name = {'mae_rd': 'MAE_rd', 'pmae_rd': 'PMAE_rd'}.get(self.method, self.method)
-    return ', '.join([name] + [self.label] * bool(self.label) + [f"seed {self.seed}"] * bool(self.seed))
+    return ', '.join([name] + [self.label] * bool(self.label) + ['per sample'] * self.per_sample + [f"seed {self.seed}"] * bool(self.seed))
 
 @patch
 def hidden(self: Job) -> str:
@@ -168,7 +169,7 @@ def job_config(dataset: str, job: Job, budget: str | Budget, root='data', runs='
     size = b.image_size or spec.size
     keep = math.gcd(*b.curve) if b.curve else max(1, b.epochs // 4)            # snapshots at every point of the curve
     return PretrainConfig(dataset=dataset, data_root=str(root), image_size=size if dataset in MEDMNIST or b.image_size else 0,
-                          limit=b.limit, method=job.method, ratio=job.ratio, cut=job.cut, loss_norm=job.loss_norm, seed=job.seed,
+                          limit=b.limit, method=job.method, ratio=job.ratio, cut=job.cut, loss_norm=job.loss_norm, seed=job.seed, per_sample=job.per_sample,
                           norm_pix=job.norm_pix, model=b.model, patch_size=b.patch_size(size),
                           epochs=b.epochs, batch_size=b.batch_size, base_lr=b.base_lr, warmup_epochs=b.warmup_epochs,
                           warmup=b.warmup, keep_every=keep, out=str(Path(runs) / dataset / b.name / job.tag),

@@ -78,3 +78,14 @@ def test_sync_keeps_the_resumable_state_when_asked(tiny_study, tmp_path):
     long_study.sync_run(run, tiny_study / 'results' / 'cifar10' / 'long', tmp_path, resume=True)
     for name in ('checkpoint.pt', 'pca.pt', 'config.json', 'metrics.jsonl'):
         assert sha256_file(tmp_path / 'resume' / 'pmae_0.1' / name) == sha256_file(run / name), name
+
+
+def test_a_sub_study_lands_in_its_own_folder(tiny_study, tmp_path):
+    import subprocess, sys
+    r = subprocess.run([sys.executable, str(ROOT / 'bench' / 'long_study.py'), '--runs', str(tiny_study / 'runs'), '--results',
+                        str(tiny_study / 'results'), '--out', str(tmp_path), '--study', 'diagnosis'],
+                       capture_output=True, text=True, timeout=300, env={**__import__('os').environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / 'cifar10' / 'long' / 'diagnosis' / 'pmae_0.1.json').is_file()
+    assert not (tmp_path / 'cifar10' / 'long' / 'pmae_0.1.json').exists()          # never where readers of long/*.json look
+    assert r.stdout.startswith('pmae_0.1: results at epoch 1')                       # a run without a checkpoint is not listed
