@@ -21,7 +21,7 @@ from .learner import Callback, CheckpointCB, Learner, StopCB
 # %% auto #0
 __all__ = ['COMPILE_MODES', 'Processes', 'init_processes', 'ddp_buffer_options', 'DDPCB', 'graceful_stop', 'InterruptCB',
            'to_cpu', 'BackgroundWriter', 'BackgroundCheckpointCB', 'compile_net', 'CompileCB', 'synchronize',
-           'StepTimerCB']
+           'StepTimerCB', 'block_flops', 'vit_flops', 'projection_flops', 'step_flops']
 
 # %% ../nbs/11_scaling.ipynb #f3f8ecfc
 @dataclass(frozen=True)
@@ -170,3 +170,31 @@ class StepTimerCB(Callback):
         synchronize(learn.device)
         timed = learn.step - self.s0 if self.t0 is not None else 0
         self.step_seconds = (time.perf_counter() - self.t0) / timed if timed else float('nan')
+
+# %% ../nbs/11_scaling.ipynb #d176dd2d
+def block_flops(tokens: int, width: int, mlp: int, attention: bool = True) -> int:
+    "Forward FLOPs of one transformer block on `tokens` tokens: qkv, projection and MLP products, and (unless not) attention's two."
+    return 2 * tokens * (4 * width ** 2 + 2 * width * mlp) + attention * 4 * tokens ** 2 * width
+
+def vit_flops(vit, visible: int, attention: bool = True) -> dict[str, int]:
+    "Forward FLOPs per image of the encoder (on [CLS] + `visible` patches) and the decoder (on every token) of a `ViTConfig`."
+    L, P = vit.grid ** 2, vit.in_chans * vit.patch_size ** 2                   # patches, values per patch
+    enc = 2 * L * P * vit.width + vit.depth * block_flops(1 + visible, vit.width, vit.mlp, attention)
+    dec = (2 * (1 + visible) * vit.width * vit.dec_width + vit.dec_depth * block_flops(1 + L, vit.dec_width, vit.dec_mlp, attention)
+           + 2 * (1 + L) * vit.dec_width * P)                                 # embedding, blocks, head (on [CLS] too)
+    return dict(encoder=enc, decoder=dec)
+
+# %% ../nbs/11_scaling.ipynb #a7726ba7
+def projection_flops(D: int, K: int, m: int) -> int:
+    "Training FLOPs per image of PMAE's projections with `m` of `K` components hidden, the cheaper of hidden-only and visible-only."
+    target = 2 * D * (m + 1)                                                    # the image's hidden (and last) coefficients
+    prediction = 3 * 2 * D * (m + 1)                                            # the prediction's: forward and its backward
+    return target + prediction + min(2 * D * m, 4 * D * (K - m))                # the visible image, whichever way is cheaper
+
+def step_flops(vit, method: str, patch_ratio: float = 0.75, hidden: int = 0) -> dict[str, int]:
+    "Training FLOPs per image of one step of `method` ('mae' hides `patch_ratio` of the patches; 'pmae' `hidden` components)."
+    L, D = vit.grid ** 2, vit.in_chans * vit.img_size ** 2
+    visible = L - int(L * patch_ratio) if method == 'mae' else L
+    net = {k: 3 * v for k, v in vit_flops(vit, visible).items()}              # forward + backward, about 3 forwards
+    proj = projection_flops(D, D, hidden) if method == 'pmae' else 0
+    return dict(**net, projection=proj, total=sum(net.values()) + proj)
