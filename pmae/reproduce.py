@@ -72,7 +72,7 @@ class Budget:
     save_every: int = 10       # checkpoint every N epochs (and at the end, and on a stop)
     image_size: int = 0        # resize every data set to this side (0: the paper's size)
     curve: tuple = ()          # epochs of the learning curve, every probe at each (): the fast probe at each quarter
-    hidden_projection: bool = False   # PMAE's hidden-only projection (chapter 06): the CPU budgets
+    hidden_projection: bool = True    # PMAE's hidden-only projection where a batch allows (chapter 06): the fastest equal path
     linear_at: tuple = ()      # curve points that also get the paper's linear probe (augmented, 100 epochs)
     knn_k_max: int = 19        # kNN sweeps k = 2..knn_k_max; above 19 the curve reports the paper's 2..19, k = 20 and the whole sweep
 

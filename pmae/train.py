@@ -97,7 +97,7 @@ class RunSettings(Config):
     keep_every: int = option(0, "also keep a snapshot of the weights every N epochs (0: none)")
     background_save: bool = option(True, "write checkpoints on a background thread while training goes on")
     log_every: int = option(50, "update the progress bar and check the loss every N steps")
-    hidden_projection: bool = option(False, "PMAE on a CPU: project on the hidden components only (same loss, faster; chapter 06)")
+    hidden_projection: bool = option(True, "PMAE: project on the hidden components only where a batch allows (same loss and gradients, fewer FLOPs; chapter 06); off: always the full projection")
 
 # %% ../nbs/08_train.ipynb #cefe8c5a
 @dataclass

@@ -213,9 +213,11 @@ def test_holdout_takes_the_evaluation_split_from_the_training_images():
 
 
 def test_hidden_projection_trains_the_same_weights_as_the_full_projection(tmp_path):
-    "`hidden_projection` (PMAE's fast CPU path) changes the arithmetic, not the run: the same weights after two epochs."
-    cfg = PretrainConfig(**{**SMALL, 'limit': 256}, image_size=8, patch_size=4, method='pmae', out=str(tmp_path / 'full'))   # D = 192 < 256: K = D
+    "`hidden_projection` (PMAE's fast path, the default) changes the arithmetic, not the run: the same weights after two epochs."
+    cfg = PretrainConfig(**{**SMALL, 'limit': 256}, image_size=8, patch_size=4, method='pmae', hidden_projection=False,
+                         out=str(tmp_path / 'full'))                                                 # D = 192 < 256: K = D
     fast = replace(cfg, hidden_projection=True, out=str(tmp_path / 'fast'))
+    assert PretrainConfig().hidden_projection                                     # the default: the fastest equal path
     pretrain(cfg, verbose=False); pretrain(fast, verbose=False)
     assert_same_weights(weights(cfg.run_dir), weights(fast.run_dir), atol=1e-4)
     assert read_checkpoint(fast.run_dir / 'checkpoint.pt')['config']['hidden_projection']
