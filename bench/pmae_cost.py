@@ -3,8 +3,8 @@
     python bench/pmae_cost.py --data-root data [--rounds 10] [--out results/bench/pmae_cost.json]
 
 For each row (by default the `mini` ViT at 16x16 with 4-pixel patches and at 32x32 with 8-pixel ones, `micro` at 32x32
-with 4-pixel patches, ViT-T at 32x32 with 8-pixel patches): full optimiser steps (forward, backward, AdamW, a fresh mask
-each step) of MAE_std and of PMAE at r = 0.1 with the reference code's semantics on each of its two paths (the full
+with 4-pixel patches, ViT-T at 32x32 with 8-pixel patches): full optimiser steps (the mask drawn, forward, backward,
+AdamW) of MAE_std and of PMAE at r = 0.1 with the reference code's semantics on each of its two paths (the full
 projection and the hidden-only one, chapter 06), timed in rounds that alternate the three in one process, so that a load
 from elsewhere falls on all alike. It prints images/s, the measured cost of a PMAE step over an MAE step, and the ratio of
 their FLOPs (chapter 11's `step_flops`, for the components the timed masks hid), and the one over the other: the target is
@@ -38,12 +38,14 @@ def stepper(model, images, batch: int, hidden: list):
     "A function that runs one optimiser step on a random batch with a fresh mask and returns its seconds (PMAE: the count it hid into `hidden`)."
     opt, g = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3), torch.Generator().manual_seed(0)
     def step() -> float:
-        x, mask = images[torch.randint(0, len(images), (batch,), generator=g)], model.draw_masks(batch, g)
-        if isinstance(model, PMAE): hidden.append(int(mask.hidden[0].sum()))
+        x = images[torch.randint(0, len(images), (batch,), generator=g)]
         t0 = time.perf_counter()
+        mask = model.draw_masks(batch, g)                                     # part of the step: a run draws one per step
         loss = model(x, mask).loss
         opt.zero_grad(); loss.backward(); opt.step()
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        if isinstance(model, PMAE): hidden.append(int(mask.hidden[0].sum()))
+        return seconds
     return step
 
 
