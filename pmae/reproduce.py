@@ -380,8 +380,8 @@ def learning_curve(run_dir, budget: str | Budget = 'smoke', device='auto', held_
 
 # %% ../nbs/14_reproduce.ipynb #d51fe240
 def curve_stops(b: Budget, last: int, done: int) -> list[int]:
-    "Where a run to epoch `last`, `done` epochs in, pauses to probe: the curve's points between, then `last`."
-    return [e for e in b.curve if done < e < last] + [last]
+    "Where a run to epoch `last`, `done` epochs in, pauses to probe: the curve's points from `done` on (one it stopped at lands first), then `last`."
+    return [e for e in b.curve if done <= e < last] + [last]
 
 # %% ../nbs/14_reproduce.ipynb #b00beac6
 def job_result(dataset: str, job: Job, b: Budget, cfg: PretrainConfig, summary: dict, started: float, device) -> dict:
