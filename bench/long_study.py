@@ -28,6 +28,8 @@ def sync_run(run: Path, results: Path, dest: Path, resume: bool = False) -> dict
     files = save_trained(ckpt, dest / 'weights' / run.name)
     epoch = json.loads((dest / 'weights' / run.name / 'model.json').read_text())['epoch']
     result = json.loads(src.read_text()) | {'weights': dict(epoch=epoch, folder=f'weights/{run.name}', sha256=files)}
+    config = result.get('pretrain', {}).get('config', {})
+    if 'out' in config: config['out'] = str(Path('runs') / Path(config['out']).relative_to(run.parents[2]))   # no machine path
     write_json(result, dest / f'{run.name}.json')
     if resume:
         keep = dest / 'resume' / run.name

@@ -58,7 +58,8 @@ def tiny_study(tmp_path_factory):
     cfg = PretrainConfig(dataset='photos', model='micro', method='pmae', ratio=0.1, image_size=16, patch_size=4, batch_size=64,
                          limit=128, epochs=1, warmup_epochs=0, device='cpu', out=str(runs / 'pmae_0.1'))
     pretrain(cfg, verbose=False)
-    write_json(dict(job='pmae_0.1', epochs=1, curve=dict(points=[dict(epoch=1, fast=30.0, knn=25.0)])), results / 'pmae_0.1.json')
+    write_json(dict(job='pmae_0.1', epochs=1, curve=dict(points=[dict(epoch=1, fast=30.0, knn=25.0)]),
+                    pretrain=dict(config=dict(out=str(runs / 'pmae_0.1')))), results / 'pmae_0.1.json')
     (runs / 'mae_std').mkdir()                                                   # a run that has written nothing yet
     return root
 
@@ -70,6 +71,7 @@ def test_sync_copies_results_and_weights(tiny_study, tmp_path):
     assert saved == r and saved['weights']['epoch'] == 1 and saved['weights']['folder'] == 'weights/pmae_0.1'
     assert sorted(saved['weights']['sha256']) == ['decoder.safetensors', 'encoder.safetensors', 'model.json', 'pca.safetensors']
     assert not (tmp_path / 'resume').exists()
+    assert saved['pretrain']['config']['out'] == 'runs/cifar10/long/pmae_0.1' and str(root) not in json.dumps(saved)   # no machine path
     assert long_study.sync_run(root / 'runs' / 'cifar10' / 'long' / 'mae_std', root / 'results' / 'cifar10' / 'long', tmp_path) is None
 
 
