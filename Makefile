@@ -49,7 +49,7 @@ nbtest: install
 
 ## Command-line, fault and bad-input tests; then the chapters that only read results/ are re-run by nbval, and a committed
 ## table or answer sentence (a cell marked NBVAL_CHECK_OUTPUT) that no longer matches results/ fails
-NBVAL := nbs/index.ipynb nbs/20_laptop_study.ipynb nbs/26_results.ipynb
+NBVAL := nbs/index.ipynb nbs/20_laptop_study.ipynb nbs/21_stall.ipynb nbs/26_results.ipynb
 pytest: install
 	$(BIN)/python -m pytest tests -p no:cacheprovider
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(NBVAL)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
 import pmae
-from .mae import MaskedAutoencoder, ViTConfig
+from .mae import MaskedAutoencoder, ViTConfig, pool_tokens
 from .pca import PCABasis
 from .train import PretrainConfig, build_model, load_encoder, read_checkpoint
 from .core import sha256_file
@@ -88,7 +88,9 @@ class TimmEncoder(nn.Module):
         "[CLS] features (N, width) of `uint8` or [0, 1] float images (N, C, H, W)."
         return self.encoder(self.normalize(images))
 
-    def encode(self, images: Tensor) -> Tensor: return self(images)   # the name the probes call
+    def encode(self, images: Tensor, pool: str = 'cls') -> Tensor:
+        "What the probes call: [CLS] features (N, width), or the patch tokens' mean (`pool_tokens`)."
+        return self(images) if pool == 'cls' else pool_tokens(self.encoder.forward_features(self.normalize(images)), pool)
 
 # %% ../nbs/12_export.ipynb #50d9f7c6
 def read_export(folder) -> dict:

@@ -23,9 +23,10 @@ from .masking import PatchMask, PatchMasking, patchify, unpatchify
 from .learner import Learner, RecorderCB
 
 # %% auto #0
-__all__ = ['CONFIGS', 'ViTConfig', 'check_vit_config', 'vit_config', 'vit_blocks', 'gather_tokens', 'visible_slots', 'ViTEncoder',
-           'ViTDecoder', 'ImageShapeError', 'init_vit_weights', 'MaskedAutoencoder', 'Reconstruction', 'patch_targets',
-           'masked_patch_loss', 'MAE', 'train_steps', 'smooth', 'plot_losses', 'mae_prediction_images']
+__all__ = ['CONFIGS', 'POOLS', 'ViTConfig', 'check_vit_config', 'vit_config', 'vit_blocks', 'gather_tokens', 'visible_slots',
+           'ViTEncoder', 'ViTDecoder', 'ImageShapeError', 'init_vit_weights', 'MaskedAutoencoder', 'pool_tokens',
+           'Reconstruction', 'patch_targets', 'masked_patch_loss', 'MAE', 'train_steps', 'smooth', 'plot_losses',
+           'mae_prediction_images']
 
 # %% ../nbs/05_mae.ipynb #f3179bdc
 @dataclass(frozen=True)
@@ -188,10 +189,18 @@ def normalize(self: MaskedAutoencoder, images: Tensor) -> Tensor:
         raise ImageShapeError(f"the model reads images of shape {self.config.image_shape}, got {tuple(images.shape[1:])}")
     return (as_float(images, self.mean.dtype) - self.mean) / self.std
 
+POOLS = ('cls', 'mean')    # what a representation reads of the encoded tokens: [CLS] (the paper's) or the patch tokens' mean
+
+def pool_tokens(tokens: Tensor, pool: str = 'cls') -> Tensor:
+    "One vector (N, width) per image from encoded tokens (N, 1+L, width): the [CLS] token, or the mean of the patch tokens."
+    if pool == 'cls': return tokens[:, 0]
+    if pool == 'mean': return tokens[:, 1:].mean(1)
+    raise ValueError(f"unknown pool {pool!r}: choose one of {', '.join(POOLS)}")
+
 @patch
-def encode(self: MaskedAutoencoder, images: Tensor) -> Tensor:
-    "The representation (N, width): [CLS] after the encoder's final LayerNorm, every patch visible."
-    return self.encoder(self.normalize(images))[:, 0]
+def encode(self: MaskedAutoencoder, images: Tensor, pool: str = 'cls') -> Tensor:
+    "The representation (N, width) after the encoder's final LayerNorm, every patch visible: [CLS], or the patch tokens' mean."
+    return pool_tokens(self.encoder(self.normalize(images)), pool)
 
 @patch
 def n_params(self: MaskedAutoencoder, part: str | None = None) -> int:

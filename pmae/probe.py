@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 
 from .data import ImageDataset, Split
-from .mae import MaskedAutoencoder
+from .mae import POOLS, MaskedAutoencoder
 from .learner import WARMUPS, Callback, Learner, ProgressCB, lr_factor
 from .export import export_sha256, load_timm, read_export
 from .train import PretrainConfig, epoch_order, epoch_seed, load_encoder, load_training_data, read_checkpoint
@@ -25,22 +25,22 @@ from .core import PRECISIONS, Config, ConfigError, atomic_save, autocast_dtype, 
 from .augment import augment
 
 # %% auto #0
-__all__ = ['KINDS', 'RECIPES', 'extract_features', 'images_sha256', 'feature_cache_path', 'cached_features', 'knn_predict',
-           'accuracy', 'knn_sweep', 'recipe_help', 'ProbeConfig', 'make_head', 'param_groups', 'probe_optimizer',
-           'EvalCB', 'classifier_batches', 'cross_entropy', 'predict', 'fit_classifier', 'fast_probe',
-           'raw_pixel_probes', 'EncoderClassifier', 'feature_splits', 'split_of', 'frozen_probe', 'finetune',
-           'train_probe', 'probe_json_path', 'ProbeSource', 'probe_data', 'probe_features', 'fit_probe', 'probe_record',
-           'probe_summary', 'run_probe']
+__all__ = ['KINDS', 'RECIPES', 'extract_features', 'images_sha256', 'pool_suffix', 'feature_cache_path', 'cached_features',
+           'knn_predict', 'accuracy', 'knn_sweep', 'recipe_help', 'ProbeConfig', 'make_head', 'param_groups',
+           'probe_optimizer', 'EvalCB', 'classifier_batches', 'cross_entropy', 'predict', 'fit_classifier',
+           'fast_probe', 'raw_pixel_probes', 'EncoderClassifier', 'feature_splits', 'split_of', 'frozen_probe',
+           'finetune', 'train_probe', 'probe_json_path', 'ProbeSource', 'probe_data', 'probe_features', 'fit_probe',
+           'probe_record', 'probe_summary', 'run_probe']
 
 # %% ../nbs/09_probe.ipynb #2b6c4b97
 def extract_features(model: MaskedAutoencoder, images: Tensor, batch_size: int = 1024, device=None, dtype=None,
-                     progress: bool = False) -> Tensor:
-    "The [CLS] representation (N, width) float32 of `uint8` or [0, 1] images (N, C, H, W), in batches on `device`."
+                     progress: bool = False, pool: str = 'cls') -> Tensor:
+    "The representation (N, width) float32 (`encode`'s `pool`) of `uint8` or [0, 1] images (N, C, H, W), in batches on `device`."
     device = torch.device(device) if device is not None else next(model.parameters()).device
     out = []
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         for x in tqdm(images.split(batch_size), disable=not progress, desc='features', leave=False):
-            out.append(model.encode(x.to(device, non_blocking=True)).float())      # (b, width)
+            out.append(model.encode(x.to(device, non_blocking=True), pool).float())   # (b, width)
     return torch.cat(out) if out else torch.zeros(0, model.config.width, device=device)
 
 # %% ../nbs/09_probe.ipynb #d23cfb0e
@@ -51,11 +51,14 @@ def images_sha256(images: Tensor) -> str:
     return h.hexdigest()
 
 # %% ../nbs/09_probe.ipynb #9c9c78bf
-def feature_cache_path(checkpoint, split: str) -> Path:
-    "Where the features of `split` computed by `checkpoint` are cached: a file beside it (in it, for an exported folder)."
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir(): return checkpoint / f"features_{split}.pt"
-    return checkpoint.with_name(f"{checkpoint.stem}_features_{split}.pt")
+def pool_suffix(pool: str) -> str:
+    "What a file name of features or probes read with `pool` ends with: nothing for [CLS], the paper's reading, else `_<pool>`."
+    return '' if pool == 'cls' else f"_{pool}"
+
+def feature_cache_path(checkpoint, split: str, pool: str = 'cls') -> Path:
+    "Where the `pool` features of `split` computed by `checkpoint` are cached: a file beside it (in it, for an exported folder)."
+    checkpoint, name = Path(checkpoint), f"features_{split}{pool_suffix(pool)}.pt"
+    return checkpoint / name if checkpoint.is_dir() else checkpoint.with_name(f"{checkpoint.stem}_{name}")
 
 def cached_features(model: MaskedAutoencoder, images: Tensor, path, key: dict, **kw) -> Tensor:
     "The features of `images` read from `path` if it was written for `key`, else extracted (`extract_features(**kw)`) and saved there."
@@ -128,6 +131,7 @@ class ProbeConfig(Config):
     warmup: str | None = option(None, f"warm-up shape before the cosine, 'linear' or 'exponential' (default: {recipe_help('warmup')})")
     k_min: int = option(2, "kNN: k from k_min to k_max")
     k_max: int = option(19, "kNN: the largest k of the sweep")
+    pool: str = option('cls', "what the probe reads of the encoded tokens: cls (the [CLS] token, the paper's) or mean (the patch tokens' mean)")
     seed: int = option(0, "seed of the head's initialisation, the order of the images and the augmentation")
     device: str = option('auto', "'auto', 'cpu', 'cuda', 'cuda:1', ...")
     precision: str = option('auto', f"autocast: {', '.join(PRECISIONS)} ('auto': bf16 on CUDA, fp32 elsewhere)")
@@ -144,7 +148,7 @@ class ProbeConfig(Config):
 @patch
 def check_values(self: ProbeConfig):
     "Refuse a value outside its choices or range, with a one-line `ConfigError`."
-    for k, options in (('kind', KINDS), ('precision', PRECISIONS)) + (('warmup', WARMUPS),) * (self.warmup is not None):
+    for k, options in (('kind', KINDS), ('precision', PRECISIONS), ('pool', POOLS)) + (('warmup', WARMUPS),) * (self.warmup is not None):
         if getattr(self, k) not in options: raise ConfigError(f"{k} must be one of {', '.join(options)}; got {getattr(self, k)!r}")
     for k in ('epochs', 'batch_size', 'k_min', 'feature_batch'):
         if getattr(self, k) is not None and getattr(self, k) < 1: raise ConfigError(f"{k} must be at least 1, got {getattr(self, k)}")
@@ -265,15 +269,15 @@ def raw_pixel_probes(ds: ImageDataset, kinds=('fast', 'knn'), device='cpu') -> d
 
 # %% ../nbs/09_probe.ipynb #1b1e86c8
 class EncoderClassifier(nn.Module):
-    "A head on the [CLS] representation of `model`; a frozen encoder runs in eval mode without gradients."
-    def __init__(self, model: MaskedAutoencoder, head: nn.Module, frozen: bool = True):
+    "A head on the representation (`pool`) of `model`; a frozen encoder runs in eval mode without gradients."
+    def __init__(self, model: MaskedAutoencoder, head: nn.Module, frozen: bool = True, pool: str = 'cls'):
         super().__init__()
-        self.model, self.head, self.frozen = model, head, frozen
+        self.model, self.head, self.frozen, self.pool = model, head, frozen, pool
         if frozen: model.requires_grad_(False)
 
     def forward(self, images: Tensor) -> Tensor:
-        if not self.frozen: return self.head(self.model.encode(images))            # (N, C)
-        with torch.no_grad(): f = self.model.encode(images)                         # (N, width)
+        if not self.frozen: return self.head(self.model.encode(images, self.pool))  # (N, C)
+        with torch.no_grad(): f = self.model.encode(images, self.pool)               # (N, width)
         return self.head(f.float())
 
     def train(self, mode: bool = True):
@@ -300,13 +304,13 @@ def frozen_probe(model, head: nn.Module, ds: ImageDataset, cfg: ProbeConfig, fea
     test_x, test_y = features['test'].to(device), ds.eval.labels.to(device)     # (N_test, width), (N_test,)
     evaluate = lambda: accuracy(predict(head, test_x), test_y)
     if not cfg.augment: return fit_classifier(head, groups, features['train'].to(device), ds.train.labels, evaluate, cfg, progress)
-    return fit_classifier(EncoderClassifier(model, head), groups, ds.train.images.to(device), ds.train.labels, evaluate, cfg, progress)
+    return fit_classifier(EncoderClassifier(model, head, pool=cfg.pool), groups, ds.train.images.to(device), ds.train.labels, evaluate, cfg, progress)
 
 # %% ../nbs/09_probe.ipynb #e175688d
 def finetune(model, head: nn.Module, ds: ImageDataset, cfg: ProbeConfig, progress: bool = False) -> dict:
     "Train `model`'s encoder and `head` together on `ds`'s training images, evaluating the whole classifier on its test images."
     device = next(model.parameters()).device
-    net = EncoderClassifier(model.train(), head, frozen=False)
+    net = EncoderClassifier(model.train(), head, frozen=False, pool=cfg.pool)
     groups = param_groups([*model.encoder.named_parameters(), *head.named_parameters()], cfg.weight_decay)
     test_x, test_y, dtype = ds.eval.images.to(device), ds.eval.labels.to(device), autocast_dtype(cfg.precision, device)
     evaluate = lambda: accuracy(predict(net, test_x, cfg.feature_batch, dtype), test_y)
@@ -323,16 +327,16 @@ def train_probe(model, ds: ImageDataset, cfg: ProbeConfig, features: dict | None
     if cfg.kind == 'finetune': return finetune(model, head, ds, cfg, progress)
     if features is None:
         dtype = autocast_dtype(cfg.precision, device)
-        features = {s: extract_features(model, split_of(ds, s).images, cfg.feature_batch, dtype=dtype) for s in feature_splits(cfg)}
+        features = {s: extract_features(model, split_of(ds, s).images, cfg.feature_batch, dtype=dtype, pool=cfg.pool) for s in feature_splits(cfg)}
     return frozen_probe(model, head, ds, cfg, features, progress)
 
 # %% ../nbs/09_probe.ipynb #2e5b933a
-def probe_json_path(checkpoint, kind: str) -> Path:
-    "Where `run_probe` writes its result: `probe_<kind>.json` beside the checkpoint (prefixed by its name unless `checkpoint.pt`), or in an exported folder."
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir(): return checkpoint / f"probe_{kind}.json"
+def probe_json_path(checkpoint, kind: str, pool: str = 'cls') -> Path:
+    "Where `run_probe` writes its result: `probe_<kind>[_<pool>].json` beside the checkpoint (prefixed by its name unless `checkpoint.pt`), or in an exported folder."
+    checkpoint, name = Path(checkpoint), f"probe_{kind}{pool_suffix(pool)}.json"
+    if checkpoint.is_dir(): return checkpoint / name
     prefix = '' if checkpoint.stem == 'checkpoint' else f"{checkpoint.stem}_"
-    return checkpoint.with_name(f"{prefix}probe_{kind}.json")
+    return checkpoint.with_name(prefix + name)
 
 # %% ../nbs/09_probe.ipynb #30a9e140
 @dataclass
@@ -379,12 +383,12 @@ def probe_features(model, source: ProbeSource, ds: ImageDataset, cfg: ProbeConfi
     "The features {split: (N, width)} of `ds` that probe `cfg` reads (`feature_splits`), from the cache beside `source` unless not `cfg.cache`."
     device = next(model.parameters()).device
     dtype = autocast_dtype(cfg.precision, device)
-    kw, features = dict(batch_size=cfg.feature_batch, device=device, dtype=dtype, progress=progress), {}
+    kw, features = dict(batch_size=cfg.feature_batch, device=device, dtype=dtype, progress=progress, pool=cfg.pool), {}
     for split in feature_splits(cfg):
         images = split_of(ds, split).images
         if not cfg.cache: features[split] = extract_features(model, images, **kw); continue
-        key = {'checkpoint_sha256': source.sha256, 'split': split, 'images_sha256': images_sha256(images), 'dtype': str(dtype)}
-        features[split] = cached_features(model, images, feature_cache_path(source.path, split), key, **kw)
+        key = {'checkpoint_sha256': source.sha256, 'split': split, 'images_sha256': images_sha256(images), 'dtype': str(dtype), 'pool': cfg.pool}
+        features[split] = cached_features(model, images, feature_cache_path(source.path, split, cfg.pool), key, **kw)
     return features
 
 # %% ../nbs/09_probe.ipynb #35409426
@@ -409,11 +413,11 @@ def probe_summary(result: dict) -> str:
     detail = f"best k = {result['best_k']}" if result['kind'] == 'knn' else \
              f"best epoch {result['best_epoch']}/{result['config']['epochs']}, final {result['final_acc']:.2f}%"
     return (f"{result['kind']} probe of {result['checkpoint']}: {result['accuracy']:.2f}% ({detail}) -> "
-            f"{probe_json_path(result['checkpoint'], result['kind'])}")
+            f"{probe_json_path(result['checkpoint'], result['kind'], result['config'].get('pool', 'cls'))}")
 
 # %% ../nbs/09_probe.ipynb #47fc6199
 def run_probe(checkpoint, cfg: ProbeConfig = ProbeConfig(), verbose: bool = True) -> dict:
-    "Probe the encoder of a pre-training checkpoint, or of a folder written by `pmae export`, as `cfg` says; the result, also written to `probe_<kind>.json` beside it."
+    "Probe the encoder of a pre-training checkpoint, or of a folder written by `pmae export`, as `cfg` says; the result, also written to `probe_<kind>.json` (`probe_json_path`) beside it."
     t0, cfg = time.time(), cfg.resolved()
     source = ProbeSource.read(checkpoint)
     ds = probe_data(source, cfg)
@@ -423,6 +427,6 @@ def run_probe(checkpoint, cfg: ProbeConfig = ProbeConfig(), verbose: bool = True
         raise ConfigError(f"k_max ({cfg.k_max}) is larger than the {len(ds.train)} training images")
     result = fit_probe(model, ds, cfg, probe_features(model, source, ds, cfg, verbose), verbose)
     result.update(probe_record(source, ds, cfg, device), wall_s=round(time.time() - t0, 3))
-    write_json(result, probe_json_path(source.path, cfg.kind))
+    write_json(result, probe_json_path(source.path, cfg.kind, cfg.pool))
     if verbose: print(probe_summary(result))
     return result

@@ -301,20 +301,20 @@ def job_provenance(cfg: PretrainConfig, budget: Budget, summary: dict, started: 
                 finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
 # %% ../nbs/14_reproduce.ipynb #3844222c
-def probe_config(budget: Budget, kind: str, device='auto') -> ProbeConfig:
-    "The probe `kind` as `budget` runs it, on `device`."
+def probe_config(budget: Budget, kind: str, device='auto', pool: str = 'cls') -> ProbeConfig:
+    "The probe `kind` as `budget` runs it, on `device`, reading `pool` ([CLS] by default, as the paper)."
     knn = dict(k_max=budget.knn_k_max) if kind == 'knn' else {}
-    return ProbeConfig(kind, epochs=budget.probe_epochs if kind in ('linear', 'mlp') else None, device=str(device), **knn)
+    return ProbeConfig(kind, epochs=budget.probe_epochs if kind in ('linear', 'mlp') else None, device=str(device), pool=pool, **knn)
 
 PROBE_KEYS = ('kind', 'accuracy', 'best_acc', 'best_epoch', 'final_acc', 'best_k', 'sweep', 'history', 'n_train', 'n_test',
               'eval_split', 'checkpoint_sha256', 'checkpoint_epoch', 'wall_s', 'config')   # what a results file keeps of a probe
 
 def snapshot_probe(snapshot, cfg: ProbeConfig) -> dict:
-    "Probe `cfg.kind` of a snapshot: its saved JSON when that was written for these very weights, else a new run."
-    path = probe_json_path(snapshot, cfg.kind)
+    "Probe `cfg.kind` of a snapshot: its saved JSON when that was written for these very weights and this probe, else a new run."
+    path = probe_json_path(snapshot, cfg.kind, cfg.pool)
     if path.is_file():
         saved = json.loads(path.read_text())
-        same = lambda c: {k: v for k, v in c.items() if k != 'device'}                # the probe as configured, wherever it ran
+        same = lambda c: {k: v for k, v in (asdict(ProbeConfig()) | c).items() if k != 'device'}   # wherever it ran; a newer field: its default
         if saved.get('checkpoint_sha256') == sha256_file(snapshot) and same(saved.get('config', {})) == same(asdict(cfg.resolved())): return saved
     return run_probe(snapshot, cfg, verbose=False)
 

@@ -1,0 +1,116 @@
+"""Issue 32's measurements that need no pre-training (chapter 21, "Why PMAE stalls here"), on real CIFAR-10.
+
+`hidden`: the PCA bases of CIFAR-10's training set at the long study's 16x16 and at the paper's 32x32: each spectrum,
+how steep it is (`pmae.diagnosis.variance_shares`), and what component masks at 10%, 20% and 40% of the variance hide
+under both cuts (`pmae.diagnosis.hidden_sets`) -> results/cifar10/long/diagnosis/hidden_sets.json.
+
+`pooling`: the fast probe and kNN (swept to the budget's k_max, read three ways) of every curve-point snapshot of the
+long study's runs (and of the diagnosis runs), on the [CLS] token and on the patch tokens' mean. A [CLS] probe the run
+itself wrote is read back, not redone; a snapshot its run has not probed yet is left for later. Rows merge into
+results/cifar10/long/diagnosis/pooling.json (a point probed again replaces its row).
+
+Both record the long study's provenance: the commit (run from a worktree of a clean commit), the data copy without
+machine paths, the device. Run one thread each beside the long runs (`OMP_NUM_THREADS=1`).
+
+    python bench/diagnosis.py hidden --data-root data
+    python bench/diagnosis.py pooling --data-root data --runs ~/long/runs [--diag-runs ~/long/diag-runs]
+"""
+import argparse, datetime, json, time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from pmae.core import device_name, loaded_commit, write_json
+from pmae.diagnosis import hidden_sets, variance_shares
+from pmae.masking import CUTS
+from pmae.mae import POOLS
+from pmae.pca import fit_pca
+from pmae.probe import probe_json_path
+from pmae.reproduce import Job, data_copy, get_budget, job_config, knn_views, probe_config, snapshot_probe, snapshots
+from pmae.train import load_training_data
+
+OUT = Path('results') / 'cifar10' / 'long' / 'diagnosis'
+RATIOS, SIZES = (0.1, 0.2, 0.4), (16, 32)
+
+
+def provenance(ds, root, t0: float) -> dict:
+    "The long study's provenance block for a measurement on `ds` read from `root`."
+    return dict(commit=loaded_commit(), dataset='cifar10', data_copy=data_copy(ds, root), budget='long', device=device_name('cpu'),
+                threads=torch.get_num_threads(), torch=torch.__version__, wall_s=round(time.time() - t0, 1),
+                finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+
+
+def training_images(size: int, root: str):
+    "CIFAR-10 as the long study reads it at `size` (16: its resize; 32: the native images)."
+    cfg = job_config('cifar10', Job('pmae', 0.1), get_budget('long'), root)
+    return load_training_data(replace(cfg, image_size=0 if size == 32 else size))
+
+
+def hidden(args) -> dict:
+    "Spectra, their steepness and what the masks hide, at 16x16 and 32x32."
+    t0, out = time.time(), dict(sizes=list(SIZES), spectra={}, shares={}, rows=[])
+    for size in SIZES:
+        ds = training_images(size, args.data_root)
+        basis = fit_pca(ds.train.images, source=f"cifar10 train ({len(ds.train)} images) at {size}x{size}")
+        out['spectra'][str(size)] = [float(f'{v:.4g}') for v in basis.ratios.tolist()]
+        out['shares'][str(size)] = variance_shares(basis.ratios)
+        out['rows'] += [dict(hidden_sets(basis.ratios, r, args.draws, cut), image_size=size) for r in RATIOS for cut in CUTS]
+        print(f"{size}x{size}: {basis.n_components} components, top 10 hold {out['shares'][str(size)]['top10']:.1f}%")
+    write_json(out | dict(provenance=provenance(ds, args.data_root, t0)), OUT / 'hidden_sets.json')
+    return out
+
+
+def row_of(study: str, job: str) -> str:
+    "The row name a run's committed results file gives it (its job tag until it has one)."
+    path = OUT.parent / ('' if study == 'long' else 'diagnosis') / f'{job}.json'
+    return json.loads(path.read_text())['row'] if path.is_file() else job
+
+
+def snapshot_rows(run: Path, study: str, b, row: str) -> list[dict]:
+    "Both poolings of each curve-point snapshot of `run` whose [CLS] probes its run already wrote."
+    rows = []
+    for epoch, snap in snapshots(run).items():
+        if epoch not in b.curve or not all(probe_json_path(snap, k).is_file() for k in ('fast', 'knn')): continue
+        for pool in POOLS:
+            point = dict(study=study, job=run.name, row=row, epoch=epoch, pool=pool)
+            for kind in ('fast', 'knn'):
+                r = snapshot_probe(snap, probe_config(b, kind, 'cpu', pool))
+                point[kind] = r['accuracy']
+                if kind == 'knn': point.update(knn_views(r['sweep']))
+            point['checkpoint_sha256'] = r['checkpoint_sha256']
+            rows.append(point)
+            print(f"{study} {run.name} epoch {epoch} {pool}: fast {point['fast']:.1f}, kNN {point['knn']:.1f} (2..100: {point['knn_wide']:.1f})")
+    return rows
+
+
+def pooling(args) -> dict:
+    "Fast probe and kNN on [CLS] and on the patch tokens' mean at every probed curve point, merged into pooling.json."
+    t0, b, path = time.time(), get_budget('long'), OUT / 'pooling.json'
+    old = json.loads(path.read_text())['rows'] if path.is_file() else []
+    new = []
+    for study, root in (('long', args.runs), ('diagnosis', args.diag_runs)):
+        if not root: continue
+        folder = Path(root).expanduser() / 'cifar10' / 'long'
+        for run in sorted(p for p in folder.iterdir() if (p / 'config.json').is_file()):
+            new += snapshot_rows(run, study, b, row_of(study, run.name))
+    key = lambda r: (r['study'], r['job'], r['epoch'], r['pool'])
+    rows = sorted({key(r): r for r in old + new}.values(), key=key)
+    ds = training_images(16, args.data_root)
+    write_json(dict(rows=rows, provenance=provenance(ds, args.data_root, t0)), path)
+    return dict(rows=rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('what', choices=('hidden', 'pooling'))
+    ap.add_argument('--data-root', default='data')
+    ap.add_argument('--draws', type=int, default=20_000, help='hidden: masks drawn per ratio and cut')
+    ap.add_argument('--runs', default='', help="pooling: the long study's runs folder (runs/cifar10/long/<job>/ inside)")
+    ap.add_argument('--diag-runs', default='', help="pooling: the diagnosis runs' folder")
+    args = ap.parse_args()
+    hidden(args) if args.what == 'hidden' else pooling(args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,45 @@
+"""bench/diagnosis.py (chapter 21): what component masks hide at 16 and 32 pixels, on a stand-in CIFAR-10 in the real
+on-disk format, and a run's snapshots probed on [CLS] (read back from its run) and on the patch tokens' mean."""
+import importlib.util, json, os, subprocess, sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pmae.data import load_photos_data, write_cifar10_pickles
+from pmae.probe import probe_json_path
+from pmae.reproduce import BUDGETS, Job, data_root, run_job, snapshots
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'bench' / 'diagnosis.py'
+
+
+def bench_module():
+    "bench/diagnosis.py as a module."
+    spec = importlib.util.spec_from_file_location('diagnosis_bench', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hidden_sets_of_both_sizes(tmp_path):
+    write_cifar10_pickles(load_photos_data(size=32), tmp_path / 'data')                     # torchvision's layout, photos inside
+    r = subprocess.run([sys.executable, str(SCRIPT), 'hidden', '--data-root', str(tmp_path / 'data'), '--draws', '200'], cwd=tmp_path,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads((tmp_path / 'results' / 'cifar10' / 'long' / 'diagnosis' / 'hidden_sets.json').read_text())
+    assert [len(out['spectra'][str(s)]) for s in out['sizes']] == [768, 3072] and len(out['rows']) == 2 * 3 * 2
+    assert all(row['variance_p90'] <= 100 * row['ratio'] + 1e-9 for row in out['rows'] if row['cut'] == 'as_run')
+    assert all(row['empty'] == 0 for row in out['rows'] if row['cut'] == 'closest') and out['provenance']['commit']
+
+
+def test_pooling_reads_the_runs_cls_probes_and_adds_the_mean(tmp_path):
+    budget = replace(BUDGETS['smoke'], epochs=1, curve=(1,), probes=('fast', 'knn'))
+    run_job('cifar10', Job('mae_std'), budget, root=data_root('cifar10', 'smoke', tmp_path / 'none', tmp_path),
+            runs=tmp_path / 'runs', results=tmp_path / 'results', device='cpu', verbose=False)
+    run = tmp_path / 'runs' / 'cifar10' / 'smoke' / 'mae_std'
+    snap = snapshots(run)[1]
+    saved = json.loads(probe_json_path(snap, 'fast').read_text())
+    rows = bench_module().snapshot_rows(run, 'long', budget, 'MAE_std')
+    assert [r['pool'] for r in rows] == ['cls', 'mean'] and rows[0]['fast'] == saved['accuracy']      # [CLS]: the run's own probe
+    assert probe_json_path(snap, 'fast', 'mean').is_file() and rows[1]['fast'] != rows[0]['fast']
