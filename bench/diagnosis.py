@@ -6,14 +6,15 @@ under both cuts (`pmae.diagnosis.hidden_sets`) -> results/cifar10/long/diagnosis
 
 `pooling`: the fast probe and kNN (swept to the budget's k_max, read three ways) of every curve-point snapshot of the
 long study's runs (and of the diagnosis runs), on the [CLS] token and on the patch tokens' mean. A [CLS] probe the run
-itself wrote is read back, not redone; a snapshot its run has not probed yet is left for later. Rows merge into
+itself wrote is read back, not redone; a snapshot its run has not probed yet is left for later. With `--linear`, the
+paper's linear probe as well, at the points where the run ran it on [CLS]. Rows merge into
 results/cifar10/long/diagnosis/pooling.json (a point probed again replaces its row).
 
 Both record the long study's provenance: the commit (run from a worktree of a clean commit), the data copy without
 machine paths, the device. Run one thread each beside the long runs (`OMP_NUM_THREADS=1`).
 
     python bench/diagnosis.py hidden --data-root data
-    python bench/diagnosis.py pooling --data-root data --runs ~/long/runs [--diag-runs ~/long/diag-runs]
+    python bench/diagnosis.py pooling --data-root data --runs ~/long/runs [--diag-runs ~/long/diag-runs] [--linear]
 """
 import argparse, datetime, json, time
 from dataclasses import replace
@@ -67,8 +68,8 @@ def row_of(study: str, job: str) -> str:
     return json.loads(path.read_text())['row'] if path.is_file() else job
 
 
-def snapshot_rows(run: Path, study: str, b, row: str) -> list[dict]:
-    "Both poolings of each curve-point snapshot of `run` whose [CLS] probes its run already wrote."
+def snapshot_rows(run: Path, study: str, b, row: str, linear: bool = False) -> list[dict]:
+    "Both poolings of each curve-point snapshot of `run` whose [CLS] probes its run already wrote (with `linear`, the paper's linear probe too where the run ran it)."
     rows = []
     for epoch, snap in snapshots(run).items():
         if epoch not in b.curve or not all(probe_json_path(snap, k).is_file() for k in ('fast', 'knn')): continue
@@ -78,6 +79,9 @@ def snapshot_rows(run: Path, study: str, b, row: str) -> list[dict]:
                 r = snapshot_probe(snap, probe_config(b, kind, 'cpu', pool))
                 point[kind] = r['accuracy']
                 if kind == 'knn': point.update(knn_views(r['sweep']))
+            if linear and epoch in b.linear_at and probe_json_path(snap, 'linear').is_file():   # selects on the test set, as the paper does
+                r = snapshot_probe(snap, probe_config(b, 'linear', 'cpu', pool))
+                point.update(linear_best=r['best_acc'], linear_best_epoch=r['best_epoch'], linear_final=r['final_acc'])
             point['checkpoint_sha256'] = r['checkpoint_sha256']
             rows.append(point)
             print(f"{study} {run.name} epoch {epoch} {pool}: fast {point['fast']:.1f}, kNN {point['knn']:.1f} (2..100: {point['knn_wide']:.1f})")
@@ -93,7 +97,7 @@ def pooling(args) -> dict:
         if not root: continue
         folder = Path(root).expanduser() / 'cifar10' / 'long'
         for run in sorted(p for p in folder.iterdir() if (p / 'config.json').is_file()):
-            new += snapshot_rows(run, study, b, row_of(study, run.name))
+            new += snapshot_rows(run, study, b, row_of(study, run.name), args.linear)
     key = lambda r: (r['study'], r['job'], r['epoch'], r['pool'])
     rows = sorted({key(r): r for r in old + new}.values(), key=key)
     ds = training_images(16, args.data_root)
@@ -108,6 +112,7 @@ def main():
     ap.add_argument('--draws', type=int, default=20_000, help='hidden: masks drawn per ratio and cut')
     ap.add_argument('--runs', default='', help="pooling: the long study's runs folder (runs/cifar10/long/<job>/ inside)")
     ap.add_argument('--diag-runs', default='', help="pooling: the diagnosis runs' folder")
+    ap.add_argument('--linear', action='store_true', help="pooling: also the paper's linear probe (~15 CPU minutes a point) where the run ran it on [CLS]")
     args = ap.parse_args()
     hidden(args) if args.what == 'hidden' else pooling(args)
 

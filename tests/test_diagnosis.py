@@ -1,5 +1,6 @@
 """bench/diagnosis.py (chapter 21): what component masks hide at 16 and 32 pixels, on a stand-in CIFAR-10 in the real
-on-disk format, and a run's snapshots probed on [CLS] (read back from its run) and on the patch tokens' mean."""
+on-disk format, and a run's snapshots probed on [CLS] (read back from its run) and on the patch tokens' mean, the paper's
+linear probe included."""
 import importlib.util, json, os, subprocess, sys
 from dataclasses import replace
 from pathlib import Path
@@ -34,12 +35,14 @@ def test_hidden_sets_of_both_sizes(tmp_path):
 
 
 def test_pooling_reads_the_runs_cls_probes_and_adds_the_mean(tmp_path):
-    budget = replace(BUDGETS['smoke'], epochs=1, curve=(1,), probes=('fast', 'knn'))
+    budget = replace(BUDGETS['smoke'], epochs=1, curve=(1,), probes=('fast', 'knn'), linear_at=(1,), probe_epochs=2)
     run_job('cifar10', Job('mae_std'), budget, root=data_root('cifar10', 'smoke', tmp_path / 'none', tmp_path),
             runs=tmp_path / 'runs', results=tmp_path / 'results', device='cpu', verbose=False)
     run = tmp_path / 'runs' / 'cifar10' / 'smoke' / 'mae_std'
     snap = snapshots(run)[1]
     saved = json.loads(probe_json_path(snap, 'fast').read_text())
-    rows = bench_module().snapshot_rows(run, 'long', budget, 'MAE_std')
+    linear = json.loads(probe_json_path(snap, 'linear').read_text())
+    rows = bench_module().snapshot_rows(run, 'long', budget, 'MAE_std', linear=True)
     assert [r['pool'] for r in rows] == ['cls', 'mean'] and rows[0]['fast'] == saved['accuracy']      # [CLS]: the run's own probe
+    assert rows[0]['linear_best'] == linear['best_acc'] and json.loads(probe_json_path(snap, 'linear', 'mean').read_text())['config']['pool'] == 'mean'
     assert probe_json_path(snap, 'fast', 'mean').is_file() and rows[1]['fast'] != rows[0]['fast']
