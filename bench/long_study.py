@@ -12,8 +12,11 @@ folder between sessions). A sub-study's runs, kept in their own `--runs` and `--
     python bench/long_study.py --runs ~/long/runs --results ~/long/results [--out results] [--resume]
     python bench/long_study.py --runs ~/long/diag-runs --results ~/long/diag-results --study diagnosis
 """
-import argparse, json, shutil
+import argparse, hashlib, json, shutil
 from pathlib import Path
+
+import safetensors.torch
+import torch
 
 from pmae.core import write_json
 from pmae.export import save_trained
@@ -21,11 +24,22 @@ from pmae.export import save_trained
 RESUME_FILES = ('checkpoint.pt', 'pca.pt', 'config.json', 'metrics.jsonl')   # what resuming a run needs
 
 
+def same_safetensors(a: bytes, b: bytes) -> bool:
+    "Whether two safetensors files hold the same tensors and metadata (the metadata's order varies from one write to the next)."
+    ta, tb = safetensors.torch.load(a), safetensors.torch.load(b)
+    meta = lambda raw: json.loads(raw[8:8 + int.from_bytes(raw[:8], 'little')]).get('__metadata__')
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta) and meta(a) == meta(b)
+
+
 def sync_run(run: Path, results: Path, dest: Path, resume: bool = False) -> dict | None:
     "Copy one run's results JSON and latest weights into `dest`; None when the run has written no results yet."
     src, ckpt = results / f'{run.name}.json', run / 'checkpoint.pt'
     if not (src.is_file() and ckpt.is_file()): return None
+    basis = dest / 'weights' / run.name / 'pca.safetensors'
+    before = basis.read_bytes() if basis.is_file() else None
     files = save_trained(ckpt, dest / 'weights' / run.name)
+    if before is not None and basis.is_file() and same_safetensors(before, basis.read_bytes()):   # unchanged: no new bytes to commit
+        basis.write_bytes(before); files[basis.name] = hashlib.sha256(before).hexdigest()
     epoch = json.loads((dest / 'weights' / run.name / 'model.json').read_text())['epoch']
     result = json.loads(src.read_text()) | {'weights': dict(epoch=epoch, folder=f'weights/{run.name}', sha256=files)}
     config = result.get('pretrain', {}).get('config', {})
