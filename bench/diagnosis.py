@@ -10,11 +10,16 @@ itself wrote is read back, not redone; a snapshot its run has not probed yet is 
 paper's linear probe as well, at the points where the run ran it on [CLS]. Rows merge into
 results/cifar10/long/diagnosis/pooling.json (a point probed again replaces its row).
 
-Both record the long study's provenance: the commit (run from a worktree of a clean commit), the data copy without
+`cls`: what the decoder of every curve-point snapshot reads from the [CLS] token (`pmae.diagnosis.cls_use`: the held-out
+pretext loss over predicting nothing's, as trained and with each image's [CLS] swapped for another's)
+-> results/cifar10/long/diagnosis/cls_use.json.
+
+All record the long study's provenance: the commit (run from a worktree of a clean commit), the data copy without
 machine paths, the device. Run one thread each beside the long runs (`OMP_NUM_THREADS=1`).
 
     python bench/diagnosis.py hidden --data-root data
     python bench/diagnosis.py pooling --data-root data --runs ~/long/runs [--diag-runs ~/long/diag-runs] [--linear]
+    python bench/diagnosis.py cls --data-root data --runs ~/long/runs [--diag-runs ~/long/diag-runs]
 """
 import argparse, datetime, json, time
 from dataclasses import replace
@@ -23,13 +28,13 @@ from pathlib import Path
 import torch
 
 from pmae.core import device_name, loaded_commit, write_json
-from pmae.diagnosis import hidden_sets, variance_shares
+from pmae.diagnosis import cls_use, hidden_sets, variance_shares
 from pmae.masking import CUTS
 from pmae.mae import POOLS
 from pmae.pca import fit_pca
 from pmae.probe import probe_json_path
 from pmae.reproduce import Job, data_copy, get_budget, job_config, knn_views, probe_config, snapshot_probe, snapshots
-from pmae.train import load_training_data
+from pmae.train import load_model, load_training_data
 
 OUT = Path('results') / 'cifar10' / 'long' / 'diagnosis'
 RATIOS, SIZES = (0.1, 0.2, 0.4), (16, 32)
@@ -92,12 +97,7 @@ def pooling(args) -> dict:
     "Fast probe and kNN on [CLS] and on the patch tokens' mean at every probed curve point, merged into pooling.json."
     t0, b, path = time.time(), get_budget('long'), OUT / 'pooling.json'
     old = json.loads(path.read_text())['rows'] if path.is_file() else []
-    new = []
-    for study, root in (('long', args.runs), ('diagnosis', args.diag_runs)):
-        if not root: continue
-        folder = Path(root).expanduser() / 'cifar10' / 'long'
-        for run in sorted(p for p in folder.iterdir() if (p / 'config.json').is_file()):
-            new += snapshot_rows(run, study, b, row_of(study, run.name), args.linear)
+    new = [row for study, run in run_folders(args) for row in snapshot_rows(run, study, b, row_of(study, run.name), args.linear)]
     key = lambda r: (r['study'], r['job'], r['epoch'], r['pool'])
     rows = sorted({key(r): r for r in old + new}.values(), key=key)
     ds = training_images(16, args.data_root)
@@ -105,16 +105,36 @@ def pooling(args) -> dict:
     return dict(rows=rows)
 
 
+def run_folders(args):
+    "(study, run folder) of every run under the long study's and the diagnosis runs' folders."
+    for study, root in (('long', args.runs), ('diagnosis', args.diag_runs)):
+        if not root: continue
+        folder = Path(root).expanduser() / 'cifar10' / 'long'
+        yield from ((study, run) for run in sorted(p for p in folder.iterdir() if (p / 'config.json').is_file()))
+
+
+def cls(args) -> dict:
+    "What each curve-point snapshot's decoder reads from [CLS]: `cls_use` on the 2,048 held-out images the curves score the task on."
+    t0, b = time.time(), get_budget('long')
+    ds = training_images(16, args.data_root)
+    held = ds.eval.images[:2048]                                   # (2048, 3, 16, 16): as `learning_curve`'s pretext losses
+    rows = [dict(study=study, job=run.name, row=row_of(study, run.name), epoch=epoch, **cls_use(load_model(snap), held))
+            for study, run in run_folders(args) for epoch, snap in snapshots(run).items() if epoch in b.curve]
+    for r in rows: print(f"{r['study']} {r['job']} epoch {r['epoch']}: loss/nothing {r['ratio']:.3f}, [CLS] swapped {r['swapped']:.3f}")
+    write_json(dict(rows=rows, provenance=provenance(ds, args.data_root, t0)), OUT / 'cls_use.json')
+    return dict(rows=rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('what', choices=('hidden', 'pooling'))
+    ap.add_argument('what', choices=('hidden', 'pooling', 'cls'))
     ap.add_argument('--data-root', default='data')
     ap.add_argument('--draws', type=int, default=20_000, help='hidden: masks drawn per ratio and cut')
-    ap.add_argument('--runs', default='', help="pooling: the long study's runs folder (runs/cifar10/long/<job>/ inside)")
-    ap.add_argument('--diag-runs', default='', help="pooling: the diagnosis runs' folder")
+    ap.add_argument('--runs', default='', help="pooling, cls: the long study's runs folder (runs/cifar10/long/<job>/ inside)")
+    ap.add_argument('--diag-runs', default='', help="pooling, cls: the diagnosis runs' folder")
     ap.add_argument('--linear', action='store_true', help="pooling: also the paper's linear probe (~15 CPU minutes a point) where the run ran it on [CLS]")
     args = ap.parse_args()
-    hidden(args) if args.what == 'hidden' else pooling(args)
+    {'hidden': hidden, 'pooling': pooling, 'cls': cls}[args.what](args)
 
 
 if __name__ == '__main__':

@@ -12,9 +12,10 @@ from torch import Tensor
 from .masking import component_mask, hidden_variance
 from .mae import POOLS
 from .results import gap_words
+from .train import predict_nothing_loss
 
 # %% auto #0
-__all__ = ['task_points', 'pooling_table', 'pooling_answer', 'variance_shares', 'hidden_sets', 'hidden_table']
+__all__ = ['task_points', 'pooling_table', 'cls_use', 'pooling_answer', 'variance_shares', 'hidden_sets', 'hidden_table']
 
 # %% ../nbs/21_stall.ipynb #910db000
 def task_points(result: dict) -> list[dict]:
@@ -33,6 +34,21 @@ def pooling_table(rows: list[dict]) -> str:
         out.append(f"| {c['row']} | {epoch} | {c['fast']:.1f} | {m['fast']:.1f} | {m['fast'] - c['fast']:+.1f} | "
                    f"{c['knn']:.1f} | {m['knn']:.1f} | {m['knn'] - c['knn']:+.1f} |")
     return '\n'.join(out)
+
+# %% ../nbs/21_stall.ipynb #ff3f6b26
+@torch.no_grad()
+def cls_use(model, images: Tensor, batch_size: int = 256, seed: int = 0, shift: int = 1) -> dict:
+    "Held-out pretext loss over predicting nothing's, as trained and with each image's [CLS] replaced by the one `shift` images on (uint8 `images`)."
+    g, swap = torch.Generator().manual_seed(seed), lambda m, i, out: torch.cat([out[:, :1].roll(shift, 0), out[:, 1:]], 1)
+    loss = swapped = nothing = 0.0
+    for x in images.split(batch_size):
+        mask = model.draw_masks(len(x), g)
+        loss += float(model(x, mask).loss) * len(x); nothing += predict_nothing_loss(model, x, mask=mask) * len(x)
+        hook = model.decoder.embed.register_forward_hook(swap)                   # the decoder's tokens (N, 1 + S, dec_width)
+        try: swapped += float(model(x, mask).loss) * len(x)
+        finally: hook.remove()
+    return dict(ratio=loss / nothing, swapped=swapped / nothing)
+
 
 # %% ../nbs/21_stall.ipynb #0b0be8ab
 def pooling_answer(rows: list[dict], noise: dict | None = None) -> str | None:
