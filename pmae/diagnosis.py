@@ -15,7 +15,7 @@ from .results import gap_words
 from .train import predict_nothing_loss
 
 # %% auto #0
-__all__ = ['task_points', 'pooling_table', 'cls_use', 'pooling_answer', 'variance_shares', 'hidden_sets', 'hidden_table']
+__all__ = ['task_points', 'pooling_table', 'pooling_answer', 'cls_use', 'variance_shares', 'hidden_sets', 'hidden_table']
 
 # %% ../nbs/21_stall.ipynb #910db000
 def task_points(result: dict) -> list[dict]:
@@ -35,6 +35,18 @@ def pooling_table(rows: list[dict]) -> str:
                    f"{c['knn']:.1f} | {m['knn']:.1f} | {m['knn'] - c['knn']:+.1f} |")
     return '\n'.join(out)
 
+# %% ../nbs/21_stall.ipynb #0b0be8ab
+def pooling_answer(rows: list[dict], noise: dict | None = None) -> str | None:
+    "One sentence at the latest epoch both long runs were read both ways: PMAE_ocl against MAE_std on the patch tokens' mean, then on [CLS]."
+    by = {(r['job'], r['epoch'], r['pool']): r for r in rows if r['study'] == 'long'}
+    done = [e for e in sorted({e for _, e, _ in by}) if all((j, e, p) in by for j in ('mae_std', 'pmae_0.1') for p in POOLS)]
+    if not done: return None
+    at = lambda pool, probe: (by[('pmae_0.1', done[-1], pool)][probe], by[('mae_std', done[-1], pool)][probe])
+    words = lambda pool: ' and '.join(gap_words(*at(pool, k), k, (noise or {}).get(k)) for k in ('fast', 'knn'))
+    return (f"At epoch {done[-1]} of the `long` schedule (one seed, CPU), read on the patch tokens' mean, PMAE_ocl is {words('mean')}; "
+            f"read on [CLS], as the paper's probes read it, it is {words('cls')}.")
+
+
 # %% ../nbs/21_stall.ipynb #ff3f6b26
 @torch.no_grad()
 def cls_use(model, images: Tensor, batch_size: int = 256, seed: int = 0, shift: int = 1) -> dict:
@@ -48,18 +60,6 @@ def cls_use(model, images: Tensor, batch_size: int = 256, seed: int = 0, shift: 
         try: swapped += float(model(x, mask).loss) * len(x)
         finally: hook.remove()
     return dict(ratio=loss / nothing, swapped=swapped / nothing)
-
-
-# %% ../nbs/21_stall.ipynb #0b0be8ab
-def pooling_answer(rows: list[dict], noise: dict | None = None) -> str | None:
-    "One sentence at the latest epoch both long runs were read both ways: PMAE_ocl against MAE_std on the patch tokens' mean, then on [CLS]."
-    by = {(r['job'], r['epoch'], r['pool']): r for r in rows if r['study'] == 'long'}
-    done = [e for e in sorted({e for _, e, _ in by}) if all((j, e, p) in by for j in ('mae_std', 'pmae_0.1') for p in POOLS)]
-    if not done: return None
-    at = lambda pool, probe: (by[('pmae_0.1', done[-1], pool)][probe], by[('mae_std', done[-1], pool)][probe])
-    words = lambda pool: ' and '.join(gap_words(*at(pool, k), k, (noise or {}).get(k)) for k in ('fast', 'knn'))
-    return (f"At epoch {done[-1]} of the `long` schedule (one seed, CPU), read on the patch tokens' mean, PMAE_ocl is {words('mean')}; "
-            f"read on [CLS], as the paper's probes read it, it is {words('cls')}.")
 
 
 # %% ../nbs/21_stall.ipynb #55c32741
