@@ -4,12 +4,14 @@ linear probe included."""
 import importlib.util, json, os, subprocess, sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from pmae.data import load_photos_data, write_cifar10_pickles
 from pmae.probe import probe_json_path
-from pmae.reproduce import BUDGETS, Job, data_root, run_job, snapshots
+from pmae.reproduce import BUDGETS, Job, data_root, job_config, run_job, snapshots
+from pmae.train import load_training_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'bench' / 'diagnosis.py'
@@ -34,15 +36,32 @@ def test_hidden_sets_of_both_sizes(tmp_path):
     assert all(row['empty'] == 0 for row in out['rows'] if row['cut'] == 'closest') and out['provenance']['commit']
 
 
-def test_pooling_reads_the_runs_cls_probes_and_adds_the_mean(tmp_path):
-    budget = replace(BUDGETS['smoke'], epochs=1, curve=(1,), probes=('fast', 'knn'), linear_at=(1,), probe_epochs=2)
-    run_job('cifar10', Job('mae_std'), budget, root=data_root('cifar10', 'smoke', tmp_path / 'none', tmp_path),
-            runs=tmp_path / 'runs', results=tmp_path / 'results', device='cpu', verbose=False)
-    run = tmp_path / 'runs' / 'cifar10' / 'smoke' / 'mae_std'
-    snap = snapshots(run)[1]
-    saved = json.loads(probe_json_path(snap, 'fast').read_text())
-    linear = json.loads(probe_json_path(snap, 'linear').read_text())
-    rows = bench_module().snapshot_rows(run, 'long', budget, 'MAE_std', linear=True)
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    "A one-epoch MAE run on the stand-in, in a budget called 'long' whose curve is epoch 1, probed as the long study probes."
+    tmp = tmp_path_factory.mktemp('diag')
+    budget = replace(BUDGETS['smoke'], name='long', epochs=1, curve=(1,), probes=('fast', 'knn'), linear_at=(1,), probe_epochs=2)
+    root = data_root('cifar10', 'smoke', tmp / 'none', tmp)
+    run_job('cifar10', Job('mae_std'), budget, root=root, runs=tmp / 'runs', results=tmp / 'results', device='cpu', verbose=False)
+    return tmp, budget, root, tmp / 'runs' / 'cifar10' / 'long' / 'mae_std'
+
+
+def test_pooling_reads_the_runs_cls_probes_and_adds_the_mean(run):
+    _, budget, _, folder = run
+    snap = snapshots(folder)[1]
+    saved, linear = (json.loads(probe_json_path(snap, k).read_text()) for k in ('fast', 'linear'))
+    rows = bench_module().snapshot_rows(folder, 'long', budget, 'MAE_std', linear=True)
     assert [r['pool'] for r in rows] == ['cls', 'mean'] and rows[0]['fast'] == saved['accuracy']      # [CLS]: the run's own probe
     assert rows[0]['linear_best'] == linear['best_acc'] and json.loads(probe_json_path(snap, 'linear', 'mean').read_text())['config']['pool'] == 'mean'
     assert probe_json_path(snap, 'fast', 'mean').is_file() and rows[1]['fast'] != rows[0]['fast']
+
+
+def test_cls_use_of_every_curve_snapshot(run, monkeypatch):
+    tmp, budget, root, _ = run
+    bench = bench_module()
+    monkeypatch.setattr(bench, 'get_budget', lambda name: budget)
+    monkeypatch.setattr(bench, 'training_images', lambda size, r: load_training_data(job_config('cifar10', Job('mae_std'), budget, r)))
+    monkeypatch.setattr(bench, 'OUT', tmp / 'out')
+    bench.cls(SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), diag_runs=''))
+    rows = json.loads((tmp / 'out' / 'cls_use.json').read_text())['rows']
+    assert [(r['job'], r['epoch']) for r in rows] == [('mae_std', 1)] and 0 < rows[0]['ratio'] and rows[0]['swapped'] != rows[0]['ratio']
