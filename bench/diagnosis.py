@@ -14,7 +14,8 @@ results/cifar10/long/diagnosis/pooling.json (a point probed again replaces its r
 pretext loss over predicting nothing's, as trained and with each image's [CLS] swapped for another's)
 -> results/cifar10/long/diagnosis/cls_use.json.
 
-All record the long study's provenance: the commit (run from a worktree of a clean commit), the data copy without
+All write under `--out` (default `results`; from a worktree, give a folder outside it, so that a second run does not find
+the first one's file as a change to the commit it records), and record the long study's provenance: the commit (run from a worktree of a clean commit), the data copy without
 machine paths, the device. Run one thread each beside the long runs (`OMP_NUM_THREADS=1`).
 
     python bench/diagnosis.py hidden --data-root data
@@ -36,7 +37,8 @@ from pmae.probe import probe_json_path
 from pmae.reproduce import Job, data_copy, get_budget, job_config, knn_views, probe_config, snapshot_probe, snapshots
 from pmae.train import load_model, load_training_data
 
-OUT = Path('results') / 'cifar10' / 'long' / 'diagnosis'
+COMMITTED = Path('results') / 'cifar10' / 'long'                # the checkout's long-study results: where the rows' names come from
+OUT = COMMITTED / 'diagnosis'                                     # where the measurements go (`--out`)
 RATIOS, SIZES = (0.1, 0.2, 0.4), (16, 32)
 
 
@@ -69,7 +71,7 @@ def hidden(args) -> dict:
 
 def row_of(study: str, job: str) -> str:
     "The row name a run's committed results file gives it (its job tag until it has one)."
-    path = OUT.parent / ('' if study == 'long' else 'diagnosis') / f'{job}.json'
+    path = COMMITTED / ('' if study == 'long' else 'diagnosis') / f'{job}.json'
     return json.loads(path.read_text())['row'] if path.is_file() else job
 
 
@@ -129,11 +131,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('what', choices=('hidden', 'pooling', 'cls'))
     ap.add_argument('--data-root', default='data')
+    ap.add_argument('--out', default='results', help="the results folder to write (and merge) cifar10/long/diagnosis/ in; outside a worktree, "
+                                                     "so that a second run does not find the first one's file as a change to the code's commit")
     ap.add_argument('--draws', type=int, default=20_000, help='hidden: masks drawn per ratio and cut')
     ap.add_argument('--runs', default='', help="pooling, cls: the long study's runs folder (runs/cifar10/long/<job>/ inside)")
     ap.add_argument('--diag-runs', default='', help="pooling, cls: the diagnosis runs' folder")
     ap.add_argument('--linear', action='store_true', help="pooling: also the paper's linear probe (~15 CPU minutes a point) where the run ran it on [CLS]")
     args = ap.parse_args()
+    global OUT
+    OUT = Path(args.out).expanduser() / 'cifar10' / 'long' / 'diagnosis'
     {'hidden': hidden, 'pooling': pooling, 'cls': cls}[args.what](args)
 
 
