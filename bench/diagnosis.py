@@ -38,7 +38,11 @@ from pmae.reproduce import Job, data_copy, get_budget, job_config, knn_views, pr
 from pmae.train import load_model, load_training_data
 
 COMMITTED = Path('results') / 'cifar10' / 'long'                # the checkout's long-study results: where the rows' names come from
-OUT = COMMITTED / 'diagnosis'                                     # where the measurements go (`--out`)
+
+
+def out_path(args, name: str) -> Path:
+    "Where measurement `name` goes: `<--out>/cifar10/long/diagnosis/<name>.json`."
+    return Path(args.out).expanduser() / 'cifar10' / 'long' / 'diagnosis' / f'{name}.json'
 RATIOS, SIZES = (0.1, 0.2, 0.4), (16, 32)
 
 
@@ -65,7 +69,7 @@ def hidden(args) -> dict:
         out['shares'][str(size)] = variance_shares(basis.ratios)
         out['rows'] += [dict(hidden_sets(basis.ratios, r, args.draws, cut), image_size=size) for r in RATIOS for cut in CUTS]
         print(f"{size}x{size}: {basis.n_components} components, top 10 hold {out['shares'][str(size)]['top10']:.1f}%")
-    write_json(out | dict(provenance=provenance(ds, args.data_root, t0)), OUT / 'hidden_sets.json')
+    write_json(out | dict(provenance=provenance(ds, args.data_root, t0)), out_path(args, 'hidden_sets'))
     return out
 
 
@@ -97,7 +101,7 @@ def snapshot_rows(run: Path, study: str, b, row: str, linear: bool = False) -> l
 
 def pooling(args) -> dict:
     "Fast probe and kNN on [CLS] and on the patch tokens' mean at every probed curve point, merged into pooling.json."
-    t0, b, path = time.time(), get_budget('long'), OUT / 'pooling.json'
+    t0, b, path = time.time(), get_budget('long'), out_path(args, 'pooling')
     old = json.loads(path.read_text())['rows'] if path.is_file() else []
     new = [row for study, run in run_folders(args) for row in snapshot_rows(run, study, b, row_of(study, run.name), args.linear)]
     key = lambda r: (r['study'], r['job'], r['epoch'], r['pool'])
@@ -123,7 +127,7 @@ def cls(args) -> dict:
     rows = [dict(study=study, job=run.name, row=row_of(study, run.name), epoch=epoch, **cls_use(load_model(snap), held))
             for study, run in run_folders(args) for epoch, snap in snapshots(run).items() if epoch in b.curve]
     for r in rows: print(f"{r['study']} {r['job']} epoch {r['epoch']}: loss/nothing {r['ratio']:.3f}, [CLS] swapped {r['swapped']:.3f}")
-    write_json(dict(rows=rows, provenance=provenance(ds, args.data_root, t0)), OUT / 'cls_use.json')
+    write_json(dict(rows=rows, provenance=provenance(ds, args.data_root, t0)), out_path(args, 'cls_use'))
     return dict(rows=rows)
 
 
@@ -138,8 +142,6 @@ def main():
     ap.add_argument('--diag-runs', default='', help="pooling, cls: the diagnosis runs' folder")
     ap.add_argument('--linear', action='store_true', help="pooling: also the paper's linear probe (~15 CPU minutes a point) where the run ran it on [CLS]")
     args = ap.parse_args()
-    global OUT
-    OUT = Path(args.out).expanduser() / 'cifar10' / 'long' / 'diagnosis'
     {'hidden': hidden, 'pooling': pooling, 'cls': cls}[args.what](args)
 
 

@@ -17,12 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'bench' / 'diagnosis.py'
 
 
-def bench_module():
-    "bench/diagnosis.py as a module."
-    spec = importlib.util.spec_from_file_location('diagnosis_bench', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+spec = importlib.util.spec_from_file_location('diagnosis_bench', SCRIPT)
+bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)     # bench/diagnosis.py as a module
 
 
 def test_hidden_sets_of_both_sizes(tmp_path):
@@ -50,7 +46,7 @@ def test_pooling_reads_the_runs_cls_probes_and_adds_the_mean(run):
     _, budget, _, folder = run
     snap = snapshots(folder)[1]
     saved, linear = (json.loads(probe_json_path(snap, k).read_text()) for k in ('fast', 'linear'))
-    rows = bench_module().snapshot_rows(folder, 'long', budget, 'MAE_std', linear=True)
+    rows = bench.snapshot_rows(folder, 'long', budget, 'MAE_std', linear=True)
     assert [r['pool'] for r in rows] == ['cls', 'mean'] and rows[0]['fast'] == saved['accuracy']      # [CLS]: the run's own probe
     assert rows[0]['linear_best'] == linear['best_acc'] and json.loads(probe_json_path(snap, 'linear', 'mean').read_text())['config']['pool'] == 'mean'
     assert probe_json_path(snap, 'fast', 'mean').is_file() and rows[1]['fast'] != rows[0]['fast']
@@ -58,10 +54,8 @@ def test_pooling_reads_the_runs_cls_probes_and_adds_the_mean(run):
 
 def test_cls_use_of_every_curve_snapshot(run, monkeypatch):
     tmp, budget, root, _ = run
-    bench = bench_module()
     monkeypatch.setattr(bench, 'get_budget', lambda name: budget)
     monkeypatch.setattr(bench, 'training_images', lambda size, r: load_training_data(job_config('cifar10', Job('mae_std'), budget, r)))
-    monkeypatch.setattr(bench, 'OUT', tmp / 'out')
-    bench.cls(SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), diag_runs=''))
-    rows = json.loads((tmp / 'out' / 'cls_use.json').read_text())['rows']
+    bench.cls(SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), diag_runs='', out=str(tmp / 'out')))
+    rows = json.loads((tmp / 'out' / 'cifar10' / 'long' / 'diagnosis' / 'cls_use.json').read_text())['rows']
     assert [(r['job'], r['epoch']) for r in rows] == [('mae_std', 1)] and 0 < rows[0]['ratio'] and rows[0]['swapped'] != rows[0]['ratio']
