@@ -7,10 +7,11 @@ in fp16 safetensors, PMAE's PCA basis, `model.json`: `pmae.export.save_trained`)
 `results/cifar10/long/weights/<job>/`, recording the weights' epoch and SHA-256 in the JSON. With `--resume` it also
 keeps each run's full resumable state under `results/cifar10/long/resume/<job>/` (for a machine that loses its home
 folder between sessions). A sub-study's runs, kept in their own `--runs` and `--results` folders, go with
-`--study diagnosis` to `results/cifar10/long/diagnosis/`, where readers of `results/<data set>/<budget>/*.json` do not look.
+`--study diagnosis` to `results/cifar10/long/diagnosis/`, where readers of `results/<data set>/<budget>/*.json` do not look;
+`--no-weights` copies the results alone (a sub-study's runs are measured, not shown, and their weights would be binary churn).
 
     python bench/long_study.py --runs ~/long/runs --results ~/long/results [--out results] [--resume]
-    python bench/long_study.py --runs ~/long/diag-runs --results ~/long/diag-results --study diagnosis
+    python bench/long_study.py --runs ~/long/diag-runs --results ~/long/diag-results --study diagnosis --no-weights
 """
 import argparse, hashlib, json, shutil
 from pathlib import Path
@@ -31,17 +32,12 @@ def same_safetensors(a: bytes, b: bytes) -> bool:
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta) and meta(a) == meta(b)
 
 
-def sync_run(run: Path, results: Path, dest: Path, resume: bool = False) -> dict | None:
-    "Copy one run's results JSON and latest weights into `dest`; None when the run has written no results yet."
+def sync_run(run: Path, results: Path, dest: Path, resume: bool = False, weights: bool = True) -> dict | None:
+    "Copy one run's results JSON and (with `weights`) its latest weights into `dest`; None when the run has written no results yet."
     src, ckpt = results / f'{run.name}.json', run / 'checkpoint.pt'
     if not (src.is_file() and ckpt.is_file()): return None
-    basis = dest / 'weights' / run.name / 'pca.safetensors'
-    before = basis.read_bytes() if basis.is_file() else None
-    files = save_trained(ckpt, dest / 'weights' / run.name)
-    if before is not None and basis.is_file() and same_safetensors(before, basis.read_bytes()):   # unchanged: no new bytes to commit
-        basis.write_bytes(before); files[basis.name] = hashlib.sha256(before).hexdigest()
-    epoch = json.loads((dest / 'weights' / run.name / 'model.json').read_text())['epoch']
-    result = json.loads(src.read_text()) | {'weights': dict(epoch=epoch, folder=f'weights/{run.name}', sha256=files)}
+    result = json.loads(src.read_text())
+    if weights: result |= {'weights': copy_weights(run, ckpt, dest)}
     config = result.get('pretrain', {}).get('config', {})
     if 'out' in config: config['out'] = str(Path('runs') / Path(config['out']).relative_to(run.parents[2]))   # no machine path
     write_json(result, dest / f'{run.name}.json')
@@ -53,6 +49,17 @@ def sync_run(run: Path, results: Path, dest: Path, resume: bool = False) -> dict
     return result
 
 
+def copy_weights(run: Path, ckpt: Path, dest: Path) -> dict:
+    "Save a run's latest weights under `dest/weights/<job>/`; their epoch, folder and SHA-256 for the results JSON."
+    basis = dest / 'weights' / run.name / 'pca.safetensors'
+    before = basis.read_bytes() if basis.is_file() else None
+    files = save_trained(ckpt, dest / 'weights' / run.name)
+    if before is not None and basis.is_file() and same_safetensors(before, basis.read_bytes()):   # unchanged: no new bytes to commit
+        basis.write_bytes(before); files[basis.name] = hashlib.sha256(before).hexdigest()
+    epoch = json.loads((dest / 'weights' / run.name / 'model.json').read_text())['epoch']
+    return dict(epoch=epoch, folder=f'weights/{run.name}', sha256=files)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--runs', required=True, help='the runs folder the study writes (runs/<dataset>/<budget>/<job>/ inside)')
@@ -61,15 +68,16 @@ def main():
     ap.add_argument('--dataset', default='cifar10'); ap.add_argument('--budget', default='long')
     ap.add_argument('--study', default='', help="a sub-study's folder in the checkout under the budget's, e.g. 'diagnosis' (its runs in their own --runs/--results)")
     ap.add_argument('--resume', action='store_true', help="also keep each run's resumable state under resume/<job>/")
+    ap.add_argument('--no-weights', dest='weights', action='store_false', help="copy the results alone, not the latest weights")
     args = ap.parse_args()
     sub = Path(args.dataset) / args.budget                      # where `pmae reproduce --runs/--results` put them
     runs, results, dest = Path(args.runs).expanduser() / sub, Path(args.results).expanduser() / sub, Path(args.out) / sub / args.study
     for run in sorted(p for p in runs.iterdir() if (p / 'checkpoint.pt').is_file()):
-        r = sync_run(run, results, dest, args.resume)
+        r = sync_run(run, results, dest, args.resume, args.weights)
         if r is None: print(f"{run.name}: no results yet"); continue
         last = r['curve']['points'][-1]
-        print(f"{run.name}: results at epoch {r['epochs']} (fast {last['fast']:.1f}, kNN {last['knn']:.1f}), "
-              f"weights at epoch {r['weights']['epoch']} -> {dest / r['weights']['folder']}")
+        print(f"{run.name}: results at epoch {r['epochs']} (fast {last['fast']:.1f}, kNN {last['knn']:.1f})" +
+              (f", weights at epoch {r['weights']['epoch']} -> {dest / r['weights']['folder']}" if 'weights' in r else ''))
 
 
 if __name__ == '__main__':

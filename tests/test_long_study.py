@@ -91,3 +91,10 @@ def test_a_sub_study_lands_in_its_own_folder(tiny_study, tmp_path):
     assert (tmp_path / 'cifar10' / 'long' / 'diagnosis' / 'pmae_0.1.json').is_file()
     assert not (tmp_path / 'cifar10' / 'long' / 'pmae_0.1.json').exists()          # never where readers of long/*.json look
     assert r.stdout.startswith('pmae_0.1: results at epoch 1')                       # a run without a checkpoint is not listed
+
+
+def test_results_alone_without_weights(tiny_study, tmp_path):
+    run = tiny_study / 'runs' / 'cifar10' / 'long' / 'pmae_0.1'
+    r = long_study.sync_run(run, tiny_study / 'results' / 'cifar10' / 'long', tmp_path, weights=False)
+    assert 'weights' not in r and not (tmp_path / 'weights').exists()
+    assert json.loads((tmp_path / 'pmae_0.1.json').read_text()) == r and r['curve']['points'][0]['fast'] == 30.0
