@@ -104,8 +104,9 @@ def pooling(args) -> dict:
     t0, b, path = time.time(), get_budget('long'), out_path(args, 'pooling')
     old = json.loads(path.read_text())['rows'] if path.is_file() else []
     new = [row for study, run in run_folders(args) for row in snapshot_rows(run, study, b, row_of(study, run.name), args.linear)]
-    key = lambda r: (r['study'], r['job'], r['epoch'], r['pool'])
-    rows = sorted({key(r): r for r in old + new}.values(), key=key)
+    key, merged = lambda r: (r['study'], r['job'], r['epoch'], r['pool']), {}
+    for r in old + new: merged[key(r)] = merged.get(key(r), {}) | r       # a re-read without --linear keeps the linear probe read before
+    rows = sorted(merged.values(), key=key)
     ds = training_images(16, args.data_root)
     write_json(dict(rows=rows, provenance=provenance(ds, args.data_root, t0)), path)
     return dict(rows=rows)

@@ -59,3 +59,13 @@ def test_cls_use_of_every_curve_snapshot(run, monkeypatch):
     bench.cls(SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), diag_runs='', out=str(tmp / 'out')))
     rows = json.loads((tmp / 'out' / 'cifar10' / 'long' / 'diagnosis' / 'cls_use.json').read_text())['rows']
     assert [(r['job'], r['epoch']) for r in rows] == [('mae_std', 1)] and 0 < rows[0]['ratio'] and rows[0]['swapped'] != rows[0]['ratio']
+
+
+def test_pooling_reread_without_linear_keeps_the_linear_rows(run, monkeypatch):
+    tmp, budget, root, _ = run
+    monkeypatch.setattr(bench, 'get_budget', lambda name: budget)
+    monkeypatch.setattr(bench, 'training_images', lambda size, r: load_training_data(job_config('cifar10', Job('mae_std'), budget, r)))
+    args = lambda linear: SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), diag_runs='', out=str(tmp / 'pool'), linear=linear)
+    first = bench.pooling(args(True))['rows']
+    again = bench.pooling(args(False))['rows']
+    assert [r['linear_best'] for r in again] == [r['linear_best'] for r in first] and len(again) == len(first) == 2
