@@ -52,19 +52,24 @@ def test_pooling_reads_the_runs_cls_probes_and_adds_the_mean(run):
     assert probe_json_path(snap, 'fast', 'mean').is_file() and rows[1]['fast'] != rows[0]['fast']
 
 
-def test_cls_use_of_every_curve_snapshot(run, monkeypatch):
+@pytest.fixture
+def local(run, monkeypatch):
+    "The run's budget and its stand-in images in place of the long study's, for the script's measurements."
     tmp, budget, root, _ = run
     monkeypatch.setattr(bench, 'get_budget', lambda name: budget)
     monkeypatch.setattr(bench, 'training_images', lambda size, r: load_training_data(job_config('cifar10', Job('mae_std'), budget, r)))
+    return tmp, root
+
+
+def test_cls_use_of_every_curve_snapshot(local):
+    tmp, root = local
     bench.cls(SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), diag_runs='', out=str(tmp / 'out')))
     rows = json.loads((tmp / 'out' / 'cifar10' / 'long' / 'diagnosis' / 'cls_use.json').read_text())['rows']
     assert [(r['job'], r['epoch']) for r in rows] == [('mae_std', 1)] and 0 < rows[0]['ratio'] and rows[0]['swapped'] != rows[0]['ratio']
 
 
-def test_pooling_reread_without_linear_keeps_the_linear_rows(run, monkeypatch):
-    tmp, budget, root, _ = run
-    monkeypatch.setattr(bench, 'get_budget', lambda name: budget)
-    monkeypatch.setattr(bench, 'training_images', lambda size, r: load_training_data(job_config('cifar10', Job('mae_std'), budget, r)))
+def test_pooling_reread_without_linear_keeps_the_linear_rows(local):
+    tmp, root = local
     args = lambda linear: SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), diag_runs='', out=str(tmp / 'pool'), linear=linear)
     first = bench.pooling(args(True))['rows']
     again = bench.pooling(args(False))['rows']
