@@ -102,13 +102,14 @@ def parse_job(text: str) -> Job:
     "A job from the command line: 'METHOD[:RATIO][,FIELD=VALUE...]', e.g. 'mae_std', 'pmae:0.1', 'pmae:0.1,cut=closest,stop_epoch=40'."
     head, *pairs = text.split(',')
     method, _, ratio = head.partition(':')
+    flag = lambda v: {'true': True, 'false': False}[v.lower()]
+    kinds = {'cut': str, 'loss_norm': str, 'norm_pix': flag, 'stop_epoch': int, 'seed': int, 'per_sample': flag, 'model': str,
+             'decoder_cls': flag}
     try:
         fields = dict(p.split('=', 1) for p in pairs)
-        flag = lambda v: {'true': True, 'false': False}[v.lower()]
-        kinds = {'cut': str, 'loss_norm': str, 'norm_pix': flag, 'stop_epoch': int, 'seed': int, 'per_sample': flag}
         return Job(method, float(ratio) if ratio else 0.0, **{k: kinds[k](v) for k, v in fields.items()})
     except (ValueError, KeyError): raise ConfigError(f"bad job {text!r}: expected METHOD[:RATIO][,FIELD=VALUE...] with fields "
-                                                     "cut, loss_norm, norm_pix, stop_epoch, seed, per_sample, e.g. pmae:0.1,cut=closest") from None
+                                                     f"{', '.join(kinds)}, e.g. pmae:0.1,cut=closest") from None
 
 # %% ../nbs/13_cli.ipynb #6fc08295
 def cmd_demo(args) -> int:
@@ -195,7 +196,7 @@ def add_reproduce_command(sub):
     "`pmae reproduce`: a reproduction chapter's runs at a budget (smoke, cpu, laptop, long, paper)."
     s = sub.add_parser(allow_abbrev=False, name='reproduce', help="a reproduction chapter's runs at a budget (smoke, cpu, laptop, long, paper)", description=cmd_reproduce.__doc__)
     s.add_argument('dataset', help=f"one of the paper's data sets: {', '.join(DATASETS)}")
-    s.add_argument('--budget', default='cpu', choices=list(BUDGETS), help='smoke: seconds; cpu: micro ViT, under an hour; laptop: the CPU study (mini ViT, 16x16, 100 epochs, ~1.5 h); long: the laptop pair on the 800-epoch schedule of the paper (~7 h a run); paper: the recipe (GPU)')
+    s.add_argument('--budget', default='cpu', choices=list(BUDGETS), help='smoke: seconds; cpu: micro ViT, under an hour; laptop: the CPU study (mini ViT, 16x16, 100 epochs, ~1.5 h); long: the laptop pair on the 800-epoch schedule of the paper (~7 h a run); long32: long at 32x32 (Tiny ImageNet); paper: the recipe (GPU)')
     s.add_argument('--jobs', nargs='+', metavar='METHOD[:RATIO][,FIELD=VALUE]', help="runs to do, e.g. pmae:0.1,cut=closest [default: the budget's set]")
     s.add_argument('--data-root', default=None, help='where the data set lives [default: $PMAE_DATA, else data]')
     s.add_argument('--runs', default='runs', help='where the run folders go (runs/<dataset>/<budget>/<job>/)')

@@ -75,6 +75,8 @@ CONFIGS = {
     'vit_base':    ViTConfig(width=768, heads=12, mlp=1536),     # reference config's MLP size
     'mini':        ViTConfig(width=64, depth=4, heads=4, mlp=256, dec_width=64, dec_depth=2, dec_heads=4, dec_mlp=256),   # laptop study
     'micro':       ViTConfig(width=64, depth=2, heads=4, mlp=128, dec_width=64, dec_depth=1, dec_heads=4, dec_mlp=128),
+    'mini_deep':   ViTConfig(width=64, depth=12, heads=4, mlp=256, dec_width=64, dec_depth=2, dec_heads=4, dec_mlp=256),   # mini at ViT-T's depth
+    'mini_wide':   ViTConfig(width=128, depth=4, heads=8, mlp=512, dec_width=64, dec_depth=2, dec_heads=4, dec_mlp=256),  # mini twice as wide
 }
 
 def vit_config(name: str = 'vit_tiny', **overrides) -> ViTConfig:
@@ -133,10 +135,10 @@ class ViTDecoder(nn.Module):
 
 # %% ../nbs/05_mae.ipynb #4e7aaf9b
 @patch
-def forward(self: ViTDecoder, tokens: Tensor, restore: Tensor | None = None, n_visible: Tensor | None = None) -> Tensor:
-    "Patch predictions (N, L, C*p*p) from encoder tokens (N, 1 + S, width); `restore` (N, L) un-shuffles."
+def forward(self: ViTDecoder, tokens: Tensor, restore: Tensor | None = None, n_visible: Tensor | None = None, cls: bool = True) -> Tensor:
+    "Patch predictions (N, L, C*p*p) from encoder tokens (N, 1 + S, width); `restore` (N, L) un-shuffles; `cls=False`: [CLS] is not passed on."
     t = self.embed(tokens)                                              # (N, 1 + S, dec_width)
-    cls, patches = t[:, :1], t[:, 1:]
+    cls_token, patches = t[:, :1], t[:, 1:]
     if restore is not None:
         if n_visible is not None:                                       # slots past the visible ones: mask tokens too
             visible = visible_slots(t.shape[1], n_visible, t.device).view(1, -1, 1)[:, 1:]   # (1, S, 1)
@@ -144,8 +146,9 @@ def forward(self: ViTDecoder, tokens: Tensor, restore: Tensor | None = None, n_v
         n_hidden = restore.shape[1] - patches.shape[1]
         patches = torch.cat([patches, self.mask_token.expand(len(t), n_hidden, -1)], 1)   # (N, L, dec_width), shuffled
         patches = gather_tokens(patches, restore)                                        # (N, L, dec_width), image order
-    t = torch.cat([cls, patches + self.pos_embed], 1)
-    return self.head(self.norm(self.blocks(t)))[:, 1:]                 # (N, L, C*p*p)
+    t = torch.cat([cls_token, patches + self.pos_embed], 1) if cls else patches + self.pos_embed   # (N, 1 + L or L, dec_width)
+    out = self.head(self.norm(self.blocks(t)))
+    return out[:, 1:] if cls else out                                   # (N, L, C*p*p)
 
 # %% ../nbs/05_mae.ipynb #5c40bf1a
 class ImageShapeError(ValueError):
@@ -230,10 +233,11 @@ def masked_patch_loss(pred: Tensor, target: Tensor, hidden: Tensor) -> Tensor:
 class MAE(MaskedAutoencoder):
     "Masked autoencoder: hide patches, encode the visible ones, predict the hidden ones' pixels."
     def __init__(self, config: ViTConfig, masking: PatchMasking = PatchMasking(0.75), norm_pix_loss: bool = False,
-                 mean: Tensor | None = None, std: Tensor | None = None):
+                 mean: Tensor | None = None, std: Tensor | None = None, decoder_cls: bool = True):
         super().__init__(config, mean, std)
         if not isinstance(masking, PatchMasking): raise TypeError(f"MAE masks patches: expected a PatchMasking, got {masking}")
         self.masking, self.norm_pix_loss = masking, norm_pix_loss
+        self.decoder_cls = decoder_cls          # False: the decoder sees only the visible and mask tokens, not [CLS] (chapter 21's causal test)
 
     def draw_masks(self, n: int, generator=None, steps: int | None = None) -> PatchMask:
         "Patch masks for a batch of `n` images (with `steps`, for that many batches), drawn on the generator's device."
@@ -243,7 +247,7 @@ class MAE(MaskedAutoencoder):
         "Loss and prediction for a batch of images (`uint8` or [0, 1] floats); a mask is drawn unless given."
         x = self.normalize(images)                                                     # (N, C, H, W)
         if mask is None: mask = self.draw_masks(len(x), generator)
-        pred = self.decoder(self.encoder(x, mask.keep, mask.n_visible), mask.restore, mask.n_visible)   # (N, L, C*p*p)
+        pred = self.decoder(self.encoder(x, mask.keep, mask.n_visible), mask.restore, mask.n_visible, self.decoder_cls)   # (N, L, C*p*p)
         loss = masked_patch_loss(pred, patch_targets(x, self.config.patch_size, self.norm_pix_loss), mask.hidden)
         return Reconstruction(loss, unpatchify(pred, self.config.patch_size, self.config.image_shape), mask.hidden)
 

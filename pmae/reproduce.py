@@ -14,8 +14,9 @@ import torch
 from fastcore.basics import patch
 
 import pmae
-from .data import (MEDMNIST, DataNotFoundError, ImageDataset, load_dataset, load_photos_data, small_subset,
-                       source_paths, write_cifar10_pickles, write_medmnist_npz, write_tinyimagenet)
+from .data import (MEDMNIST, TINY_DIR, DataNotFoundError, ImageDataset, load_dataset, load_photos_data, open_tiny_imagenet,
+                       small_subset, source_paths, tiny_classes, tiny_train_files, write_cifar10_pickles, write_medmnist_npz,
+                       write_tinyimagenet)
 from .pca import PCABasis
 from .masking import ComponentMasking, get_masking
 from .learner import read_metrics
@@ -27,12 +28,12 @@ from .core import device_name, git_commit, loaded_commit, pick_device, sha256_fi
 
 
 # %% auto #0
-__all__ = ['DATASETS', 'BUDGETS', 'STAND_IN', 'PROVENANCE', 'PROBE_KEYS', 'DatasetSpec', 'dataset_spec', 'Budget', 'get_budget',
-           'semantics_label', 'Job', 'default_jobs', 'job_config', 'write_stand_in', 'data_root', 'data_copy',
-           'random_basis', 'step_seconds', 'probe_passes', 'estimate', 'plan_table', 'fmt_seconds', 'BudgetError',
-           'RunStopped', 'check_device', 'pretrain_job', 'job_provenance', 'probe_config', 'snapshot_probe',
-           'pretext_losses', 'snapshots', 'result_path', 'knn_views', 'point_probes', 'learning_curve', 'curve_stops',
-           'job_result', 'run_job', 'raw_pixel_yardstick', 'reproduce']
+__all__ = ['DATASETS', 'BUDGETS', 'STAND_IN', 'TINY_PER_CLASS', 'PROVENANCE', 'PROBE_KEYS', 'DatasetSpec', 'dataset_spec',
+           'Budget', 'get_budget', 'semantics_label', 'Job', 'default_jobs', 'job_config', 'write_stand_in',
+           'data_root', 'tiny_copy', 'data_copy', 'random_basis', 'step_seconds', 'probe_passes', 'estimate',
+           'plan_table', 'fmt_seconds', 'BudgetError', 'RunStopped', 'check_device', 'pretrain_job', 'job_provenance',
+           'probe_config', 'snapshot_probe', 'pretext_losses', 'snapshots', 'result_path', 'knn_views', 'point_probes',
+           'learning_curve', 'curve_stops', 'job_result', 'run_job', 'raw_pixel_yardstick', 'reproduce']
 
 # %% ../nbs/14_reproduce.ipynb #3c04ebbc
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ BUDGETS = {b.name: b for b in (
            hidden_projection=True, linear_at=(200, 400, 800), knn_k_max=100),
     Budget('paper', 'vit_tiny', 0, epochs=800, batch_size=512, base_lr=1.5e-4, warmup_epochs=40, warmup='exponential', limit=0,
            probes=('linear', 'mlp', 'knn'), probe_epochs=None, needs_gpu=True, compile=True, save_every=50))}
+BUDGETS['long32'] = replace(BUDGETS['long'], name='long32', image_size=32)   # long at 32x32 (Tiny ImageNet: patch 8, 16 tokens)
 
 def get_budget(budget: str | Budget) -> Budget:
     "The budget called `budget` (or `budget` itself)."
@@ -123,6 +125,8 @@ class Job:
     stop_epoch: int = 0           # stop (resumably) at this epoch of the budget's schedule; 0: run it all
     seed: int = 0                 # pre-training seed: 0 is the reproduction's run, others repeat it with another draw
     per_sample: bool = False      # PMAE: one component mask per image instead of the reference's one per batch
+    model: str = ''               # ViT configuration (chapter 05) instead of the budget's ('': the budget's)
+    decoder_cls: bool = True      # MAE: the decoder reads [CLS], as the reference; False: it sees only visible and mask tokens
 
     @property
     def label(self) -> str: return semantics_label(self.method, self.cut, self.loss_norm, self.norm_pix)
@@ -130,7 +134,8 @@ class Job:
     def tag(self) -> str:
         base = self.method if not self.ratio else f"{self.method}_{self.ratio:g}"
         words = [w for w in self.label.replace('-', '').replace(',', '').split() if w not in ('cut', 'loss')]
-        return base + ''.join(f"_{w}" for w in words) + '_persample' * self.per_sample + (f"_seed{self.seed}" if self.seed else '')
+        return (base + ''.join(f"_{w}" for w in words) + '_persample' * self.per_sample + (f"_{self.model}" if self.model else '')
+                + '_nodeccls' * (not self.decoder_cls) + (f"_seed{self.seed}" if self.seed else ''))
 
 # %% ../nbs/14_reproduce.ipynb #19870d54
 @patch
@@ -140,7 +145,8 @@ def row(self: Job, dataset: str) -> str:
     if self.method == 'mae_std': name = 'MAE_std' if r == 0.75 else f"MAE p={r:g}"
     elif self.method == 'pmae': name = 'PMAE_ocl' if r == dataset_spec(dataset).ocl else f"PMAE r={r:g}"
     else: name = {'mae_rd': 'MAE_rd', 'pmae_rd': 'PMAE_rd'}.get(self.method, self.method)
-    return ', '.join([name] + [self.label] * bool(self.label) + ['per sample'] * self.per_sample + [f"seed {self.seed}"] * bool(self.seed))
+    words = [self.label] * bool(self.label) + ['per sample'] * self.per_sample + [self.model] * bool(self.model)
+    return ', '.join([name] + words + ['decoder without [CLS]'] * (not self.decoder_cls) + [f"seed {self.seed}"] * bool(self.seed))
 
 @patch
 def hidden(self: Job) -> str:
@@ -154,7 +160,7 @@ def default_jobs(dataset: str, budget: str | Budget) -> list[Job]:
     ocl, name = dataset_spec(dataset).ocl, get_budget(budget).name
     pmae_jobs = [Job('pmae', ocl)] + ([Job('pmae', 0.2)] if ocl != 0.2 else [])
     if name == 'paper': return [Job('mae_std'), Job('mae_rd'), *pmae_jobs, Job('pmae_rd')]
-    if name == 'long': return [Job('mae_std'), Job('pmae', ocl)]      # Table 1's pair on the paper's 800-epoch schedule
+    if name.startswith('long'): return [Job('mae_std'), Job('pmae', ocl)]      # Table 1's pair on the paper's 800-epoch schedule
     if name == 'laptop':   # the key pair for the whole schedule; the contrasts stop at epoch 40 of the same schedule
         return [Job('mae_std'), Job('pmae', ocl), Job('pmae', ocl, cut='closest', loss_norm='hidden', stop_epoch=40),
                 Job('mae_std', norm_pix=True, stop_epoch=40), *[replace(j, stop_epoch=40) for j in pmae_jobs[1:]]]
@@ -170,7 +176,7 @@ def job_config(dataset: str, job: Job, budget: str | Budget, root='data', runs='
     keep = math.gcd(*b.curve) if b.curve else max(1, b.epochs // 4)            # snapshots at every point of the curve
     return PretrainConfig(dataset=dataset, data_root=str(root), image_size=size if dataset in MEDMNIST or b.image_size else 0,
                           limit=b.limit, method=job.method, ratio=job.ratio, cut=job.cut, loss_norm=job.loss_norm, seed=job.seed, per_sample=job.per_sample,
-                          norm_pix=job.norm_pix, model=b.model, patch_size=b.patch_size(size),
+                          norm_pix=job.norm_pix, decoder_cls=job.decoder_cls, model=job.model or b.model, patch_size=b.patch_size(size),
                           epochs=b.epochs, batch_size=b.batch_size, base_lr=b.base_lr, warmup_epochs=b.warmup_epochs,
                           warmup=b.warmup, keep_every=keep, out=str(Path(runs) / dataset / b.name / job.tag),
                           device=str(device), compile=b.compile if compile is None else compile, compile_mode=compile_mode,
@@ -200,6 +206,21 @@ def data_root(dataset: str, budget: str | Budget, root='data', scratch=None) -> 
     scratch = Path(scratch or tempfile.mkdtemp()) / f'{dataset}-stand-in'
     return scratch if (scratch / STAND_IN).exists() else write_stand_in(dataset, scratch)
 
+# %% ../nbs/14_reproduce.ipynb #a7c1e0d2
+TINY_PER_CLASS = 500   # training images per class in the official tiny-imagenet-200
+
+def tiny_copy(root) -> str:
+    "Which tiny-imagenet-200 copy `root` holds: the official files, or the first N of the 500 training images per class."
+    tree = open_tiny_imagenet(Path(root))
+    files, labels = tiny_train_files(tree, tiny_classes(tree)[0])
+    per_class = torch.bincount(torch.tensor(labels))                                  # (200,)
+    n = int(per_class.min())
+    if n == int(per_class.max()) == TINY_PER_CLASS: return f"official files ({TINY_DIR})"
+    numbers = sorted(int(re.search(r'_(\d+)\.\w+$', f).group(1)) for f, y in zip(files, labels) if y == 0)
+    which = 'first ' if numbers == list(range(len(numbers))) and n == int(per_class.max()) else ''
+    return f"{TINY_DIR}, {which}{n}{'' if which else '+'} of {TINY_PER_CLASS} training images per class"
+
+
 # %% ../nbs/14_reproduce.ipynb #71b69fb8
 PROVENANCE = ('commit', 'dataset', 'data_copy', 'budget', 'epochs', 'device', 'wall_s')   # what every results file records
 
@@ -207,6 +228,7 @@ def data_copy(ds: ImageDataset, root) -> str:
     "Which copy of a data set `ds` (read from `root`) is: stand-in, official files, or a re-encoded image folder."
     if (Path(root) / STAND_IN).exists(): return f"stand-in: embedded photos in {ds.name}'s on-disk format"
     src = source_paths(ds.name, Path(root), ds.shape[-1])[0].resolve()              # named by its kind, never by a machine path
+    if ds.name == 'tinyimagenet': return tiny_copy(root)
     if src.is_dir() and (src / 'train').is_dir() and ds.name == 'cifar10':
         suffixes = sorted({p.suffix.lower() for p in (src / 'train').rglob('*') if p.is_file()})
         lossy = ": JPEG re-encoded, lossy, not the original pixels" if {".jpg", ".jpeg"} & set(suffixes) else ""

@@ -61,7 +61,8 @@ class MaskSettings(Config):
     cut: str = option('as_run', "PMAE: 'as_run' (the reference code: the crossing component stays visible) or 'closest' (the paper's text)")
     loss_norm: str = option('as_run', "PMAE: 'as_run' (the reference's padded mean) or 'hidden' (mean over hidden components)")
     norm_pix: bool = option(False, "MAE: standardise each target patch (the MAE paper's recipe; the PMAE reference ran without)")
-    model: str = option('vit_tiny', "model: vit_tiny (the paper's), vit_tiny_3h, vit_small, vit_base, mini, micro")
+    decoder_cls: bool = option(True, "MAE: pass the encoder's [CLS] to the decoder (as the reference); off: the decoder sees only the visible and mask tokens")
+    model: str = option('vit_tiny', "model: vit_tiny (the paper's), vit_tiny_3h, vit_small, vit_base, mini, micro, mini_deep, mini_wide")
     patch_size: int = option(0, "override the model's patch size (0: the configuration's, 8)")
     pca: str = option('', "PCA file from `pmae pca` ('': fit on the training images and save it in the run folder)")
 
@@ -135,6 +136,7 @@ def check_values(self: PretrainConfig):
         if getattr(self, k) < 0: raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
     if self.ratio and not 0 < self.ratio < 1: raise ConfigError(f"ratio must be strictly between 0 and 1, got {self.ratio}")
     if self.base_lr <= 0 or self.weight_decay < 0 or self.clip_grad < 0: raise ConfigError("base_lr must be > 0, weight_decay and clip_grad >= 0")
+    if not self.decoder_cls and self.is_pmae: raise ConfigError(f"decoder_cls=False is an MAE switch; {self.method} keeps the reference's decoder")
 
 # %% ../nbs/08_train.ipynb #63375667
 def load_training_data(cfg: PretrainConfig) -> ImageDataset:
@@ -183,7 +185,7 @@ def prepare_basis(cfg: PretrainConfig, images: Tensor, run_dir: Path, device=Non
 def build_model(cfg: PretrainConfig, vit: ViTConfig, basis: PCABasis | None, stats: tuple) -> MaskedAutoencoder:
     "The MAE or PMAE this configuration describes, initialised from `cfg.seed`."
     torch.manual_seed(cfg.seed)
-    if not cfg.is_pmae: return MAE(vit, cfg.masking(), norm_pix_loss=cfg.norm_pix, mean=stats[0], std=stats[1])
+    if not cfg.is_pmae: return MAE(vit, cfg.masking(), norm_pix_loss=cfg.norm_pix, mean=stats[0], std=stats[1], decoder_cls=cfg.decoder_cls)
     model = PMAE(vit, basis, cfg.masking(), loss=cfg.loss, loss_norm=cfg.loss_norm, hidden_only=cfg.hidden_projection)
     model.decoder.mask_token.requires_grad_(False)    # PMAE drops no token: the mask token is never used (DDP must not wait for it)
     return model
