@@ -1,26 +1,32 @@
-"""Issue 32's measurements that need no pre-training (chapter 21, "Why PMAE stalls here"), on real CIFAR-10.
+"""Measurements of trained runs' snapshots and of masks (chapter 21, "Why PMAE stalls here"), on real data.
 
 `hidden`: the PCA bases of CIFAR-10's training set at the long study's 16x16 and at the paper's 32x32: each spectrum,
 how steep it is (`pmae.diagnosis.variance_shares`), and what component masks at 10%, 20% and 40% of the variance hide
 under both cuts (`pmae.diagnosis.hidden_sets`) -> results/cifar10/long/diagnosis/hidden_sets.json.
 
-`pooling`: the fast probe and kNN (swept to the budget's k_max, read three ways) of every curve-point snapshot of the
-long study's runs (and of the diagnosis runs), on the [CLS] token and on the patch tokens' mean. A [CLS] probe the run
-itself wrote is read back, not redone; a snapshot its run has not probed yet is left for later. With `--linear`, the
-paper's linear probe as well, at the points where the run ran it on [CLS]. Rows merge into
-results/cifar10/long/diagnosis/pooling.json (a point probed again replaces its row).
+`pooling`: the fast probe and kNN (swept to the budget's k_max, read three ways) of every curve-point snapshot of a
+study's runs (`--runs`: the budget's own, e.g. the long study; `--study-runs`: a sub-study's), on the [CLS] token and on
+the patch tokens' mean. A [CLS] probe the run itself wrote is read back, not redone; a snapshot its run has not probed yet
+is left for later. With `--linear`, the paper's linear probe as well, at the points where the run ran it on [CLS]. Rows
+merge into results/<data set>/<budget>/<study>/pooling.json (a point probed again replaces its row).
 
 `cls`: what the decoder of every curve-point snapshot reads from the [CLS] token (`pmae.diagnosis.cls_use`: the held-out
 pretext loss over predicting nothing's, as trained and with each image's [CLS] swapped for another's)
--> results/cifar10/long/diagnosis/cls_use.json.
+-> results/<data set>/<budget>/<study>/cls_use.json. A run whose decoder is not given [CLS] (`decoder_cls=false`) gets its
+loss ratio and no swap: the test does not apply to it.
+
+`--dataset`, `--budget` and `--study` (default cifar10, long, diagnosis: chapter 21's tables) say which runs and where the
+readings go: e.g. `--study scale` for issue 40's encoder sizes, `--dataset tinyimagenet --budget long32 --study readings`.
 
 All write under `--out` (default `results`; from a worktree, give a folder outside it, so that a second run does not find
 the first one's file as a change to the commit it records), and record the long study's provenance: the commit (run from a worktree of a clean commit), the data copy without
 machine paths, the device. Run one thread each beside the long runs (`OMP_NUM_THREADS=1`).
 
     python bench/diagnosis.py hidden --data-root data
-    python bench/diagnosis.py pooling --data-root data --runs ~/long/runs [--diag-runs ~/long/diag-runs] [--linear]
-    python bench/diagnosis.py cls --data-root data --runs ~/long/runs [--diag-runs ~/long/diag-runs]
+    python bench/diagnosis.py pooling --data-root data --runs ~/long/runs [--study-runs ~/long/diag-runs] [--linear]
+    python bench/diagnosis.py cls --data-root data --runs ~/long/runs [--study-runs ~/long/diag-runs]
+    python bench/diagnosis.py pooling --data-root data --study scale --study-runs ~/scale/runs --linear
+    python bench/diagnosis.py cls --data-root data --dataset tinyimagenet --budget long32 --study readings --runs ~/tiny/runs
 """
 import argparse, datetime, json, time
 from dataclasses import replace
@@ -37,26 +43,31 @@ from pmae.probe import probe_json_path
 from pmae.reproduce import Job, data_copy, get_budget, job_config, knn_views, probe_config, snapshot_probe, snapshots
 from pmae.train import load_model, load_training_data
 
-COMMITTED = Path('results') / 'cifar10' / 'long'                # the checkout's long-study results: where the rows' names come from
+COMMITTED = Path('results')                                       # the checkout's results: where the rows' names come from
+
+
+def where(args) -> tuple[str, str, str]:
+    "The data set, budget and study a command reads and writes (chapter 21's by default)."
+    return getattr(args, 'dataset', 'cifar10'), getattr(args, 'budget', 'long'), getattr(args, 'study', 'diagnosis')
 
 
 def out_path(args, name: str) -> Path:
-    "Where measurement `name` goes: `<--out>/cifar10/long/diagnosis/<name>.json`."
-    return Path(args.out).expanduser() / 'cifar10' / 'long' / 'diagnosis' / f'{name}.json'
+    "Where measurement `name` goes: `<--out>/<data set>/<budget>/<study>/<name>.json`."
+    return Path(args.out).expanduser() / Path(*where(args)) / f'{name}.json'
 RATIOS, SIZES = (0.1, 0.2, 0.4), (16, 32)
 
 
-def provenance(ds, root, t0: float) -> dict:
-    "The long study's provenance block for a measurement on `ds` read from `root`."
-    return dict(commit=loaded_commit(), dataset='cifar10', data_copy=data_copy(ds, root), budget='long', device=device_name('cpu'),
+def provenance(ds, root, t0: float, budget: str = 'long') -> dict:
+    "A study's provenance block for a measurement on `ds` read from `root`."
+    return dict(commit=loaded_commit(), dataset=ds.name, data_copy=data_copy(ds, root), budget=budget, device=device_name('cpu'),
                 threads=torch.get_num_threads(), torch=torch.__version__, wall_s=round(time.time() - t0, 1),
                 finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
 
-def training_images(size: int, root: str):
-    "CIFAR-10 as the long study reads it at `size` (16: its resize; 32: the native images)."
-    cfg = job_config('cifar10', Job('pmae', 0.1), get_budget('long'), root)
-    return load_training_data(replace(cfg, image_size=0 if size == 32 else size))
+def training_images(size: int, root: str, dataset: str = 'cifar10', budget: str = 'long'):
+    "A data set as a budget reads it, at `size` (0: the budget's; CIFAR-10 at 32: the native images)."
+    cfg = job_config(dataset, Job('mae_std'), get_budget(budget), root)
+    return load_training_data(replace(cfg, image_size=0 if size == 32 and dataset == 'cifar10' else size or cfg.image_size))
 
 
 def hidden(args) -> dict:
@@ -73,9 +84,9 @@ def hidden(args) -> dict:
     return out
 
 
-def row_of(study: str, job: str) -> str:
+def row_of(study: str, job: str, dataset: str = 'cifar10', budget: str = 'long') -> str:
     "The row name a run's committed results file gives it (its job tag until it has one)."
-    path = COMMITTED / ('' if study == 'long' else 'diagnosis') / f'{job}.json'
+    path = COMMITTED / dataset / budget / ('' if study == budget else study) / f'{job}.json'
     return json.loads(path.read_text())['row'] if path.is_file() else job
 
 
@@ -101,46 +112,58 @@ def snapshot_rows(run: Path, study: str, b, row: str, linear: bool = False) -> l
 
 def pooling(args) -> dict:
     "Fast probe and kNN on [CLS] and on the patch tokens' mean at every probed curve point, merged into pooling.json."
-    t0, b, path = time.time(), get_budget('long'), out_path(args, 'pooling')
+    (dataset, budget, _), path = where(args), out_path(args, 'pooling')
+    t0, b = time.time(), get_budget(budget)
     old = json.loads(path.read_text())['rows'] if path.is_file() else []
-    new = [row for study, run in run_folders(args) for row in snapshot_rows(run, study, b, row_of(study, run.name), args.linear)]
+    new = [row for study, run in run_folders(args) for row in snapshot_rows(run, study, b, row_of(study, run.name, dataset, budget), args.linear)]
     key, merged = lambda r: (r['study'], r['job'], r['epoch'], r['pool']), {}
     for r in old + new: merged[key(r)] = merged.get(key(r), {}) | r       # a re-read without --linear keeps the linear probe read before
     rows = sorted(merged.values(), key=key)
-    ds = training_images(16, args.data_root)
-    write_json(dict(rows=rows, provenance=provenance(ds, args.data_root, t0)), path)
+    ds = training_images(0, args.data_root, dataset, budget)
+    write_json(dict(rows=rows, provenance=provenance(ds, args.data_root, t0, budget)), path)
     return dict(rows=rows)
 
 
 def run_folders(args):
-    "(study, run folder) of every run under the long study's and the diagnosis runs' folders."
-    for study, root in (('long', args.runs), ('diagnosis', args.diag_runs)):
+    "(study, run folder) of every run under the budget's own runs folder and the sub-study's."
+    dataset, budget, study = where(args)
+    for label, root in ((budget, args.runs), (study, args.study_runs)):
         if not root: continue
-        folder = Path(root).expanduser() / 'cifar10' / 'long'
-        yield from ((study, run) for run in sorted(p for p in folder.iterdir() if (p / 'config.json').is_file()))
+        folder = Path(root).expanduser() / dataset / budget
+        yield from ((label, run) for run in sorted(p for p in folder.iterdir() if (p / 'config.json').is_file()))
 
 
 def cls(args) -> dict:
     "What each curve-point snapshot's decoder reads from [CLS]: `cls_use` on the 2,048 held-out images the curves score the task on."
-    t0, b = time.time(), get_budget('long')
-    ds = training_images(16, args.data_root)
-    held = ds.eval.images[:2048]                                   # (2048, 3, 16, 16): as `learning_curve`'s pretext losses
-    rows = [dict(study=study, job=run.name, row=row_of(study, run.name), epoch=epoch, **cls_use(load_model(snap), held))
+    (dataset, budget, _), t0 = where(args), time.time()
+    b, ds = get_budget(budget), training_images(0, args.data_root, dataset, budget)
+    held = ds.eval.images[:2048]                                   # (2048, 3, H, W): as `learning_curve`'s pretext losses
+    rows = [dict(study=study, job=run.name, row=row_of(study, run.name, dataset, budget), epoch=epoch, **decoder_reads(load_model(snap), held))
             for study, run in run_folders(args) for epoch, snap in snapshots(run).items() if epoch in b.curve]
-    for r in rows: print(f"{r['study']} {r['job']} epoch {r['epoch']}: loss/nothing {r['ratio']:.3f}, [CLS] swapped {r['swapped']:.3f}")
-    write_json(dict(rows=rows, provenance=provenance(ds, args.data_root, t0)), out_path(args, 'cls_use'))
+    for r in rows: print(f"{r['study']} {r['job']} epoch {r['epoch']}: loss/nothing {r['ratio']:.3f}, [CLS] swapped " +
+                         (f"{r['swapped']:.3f}" if r['swapped'] is not None else 'not applicable (the decoder is not given [CLS])'))
+    write_json(dict(rows=rows, provenance=provenance(ds, args.data_root, t0, budget)), out_path(args, 'cls_use'))
     return dict(rows=rows)
+
+
+def decoder_reads(model, held) -> dict:
+    "`cls_use` of `model` on `held`; for a decoder that is not given [CLS], its loss ratio alone (swapping [CLS] cannot change it)."
+    if getattr(model, 'decoder_cls', True): return cls_use(model, held)
+    return dict(cls_use(model, held), swapped=None, applicable=False)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('what', choices=('hidden', 'pooling', 'cls'))
     ap.add_argument('--data-root', default='data')
+    ap.add_argument('--dataset', default='cifar10', help="pooling, cls: the runs' data set")
+    ap.add_argument('--budget', default='long', help="pooling, cls: the runs' budget (long32: Tiny ImageNet's)")
+    ap.add_argument('--study', default='diagnosis', help="the folder under results/<data set>/<budget>/ the readings go to, and the sub-study's label")
     ap.add_argument('--out', default='results', help="the results folder to write (and merge) cifar10/long/diagnosis/ in; outside a worktree, "
                                                      "so that a second run does not find the first one's file as a change to the code's commit")
     ap.add_argument('--draws', type=int, default=20_000, help='hidden: masks drawn per ratio and cut')
-    ap.add_argument('--runs', default='', help="pooling, cls: the long study's runs folder (runs/cifar10/long/<job>/ inside)")
-    ap.add_argument('--diag-runs', default='', help="pooling, cls: the diagnosis runs' folder")
+    ap.add_argument('--runs', default='', help="pooling, cls: the budget's own study's runs folder (runs/<data set>/<budget>/<job>/ inside)")
+    ap.add_argument('--study-runs', '--diag-runs', dest='study_runs', default='', help="pooling, cls: the sub-study's runs folder")
     ap.add_argument('--linear', action='store_true', help="pooling: also the paper's linear probe (~15 CPU minutes a point) where the run ran it on [CLS]")
     args = ap.parse_args()
     {'hidden': hidden, 'pooling': pooling, 'cls': cls}[args.what](args)

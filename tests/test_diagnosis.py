@@ -57,20 +57,32 @@ def local(run, monkeypatch):
     "The run's budget and its stand-in images in place of the long study's, for the script's measurements."
     tmp, budget, root, _ = run
     monkeypatch.setattr(bench, 'get_budget', lambda name: budget)
-    monkeypatch.setattr(bench, 'training_images', lambda size, r: load_training_data(job_config('cifar10', Job('mae_std'), budget, r)))
+    monkeypatch.setattr(bench, 'training_images', lambda size, r, *where: load_training_data(job_config('cifar10', Job('mae_std'), budget, r)))
     return tmp, root
 
 
 def test_cls_use_of_every_curve_snapshot(local):
     tmp, root = local
-    bench.cls(SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), diag_runs='', out=str(tmp / 'out')))
+    bench.cls(SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), study_runs='', out=str(tmp / 'out')))
     rows = json.loads((tmp / 'out' / 'cifar10' / 'long' / 'diagnosis' / 'cls_use.json').read_text())['rows']
     assert [(r['job'], r['epoch']) for r in rows] == [('mae_std', 1)] and 0 < rows[0]['ratio'] and rows[0]['swapped'] != rows[0]['ratio']
 
 
 def test_pooling_reread_without_linear_keeps_the_linear_rows(local):
     tmp, root = local
-    args = lambda linear: SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), diag_runs='', out=str(tmp / 'pool'), linear=linear)
+    args = lambda linear: SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), study_runs='', out=str(tmp / 'pool'), linear=linear)
     first = bench.pooling(args(True))['rows']
     again = bench.pooling(args(False))['rows']
     assert [r['linear_best'] for r in again] == [r['linear_best'] for r in first] and len(again) == len(first) == 2
+
+
+def test_cls_use_of_a_decoder_without_cls_is_not_applicable(local):
+    "A run whose decoder is not given [CLS] gets its loss ratio and no swap; the readings go to the study's folder."
+    tmp, root = local
+    budget = bench.get_budget('long')
+    run_job('cifar10', Job('mae_std', decoder_cls=False), budget, root=root, runs=tmp / 'nocls', results=tmp / 'results', device='cpu', verbose=False)
+    bench.cls(SimpleNamespace(data_root=str(root), runs='', study_runs=str(tmp / 'nocls'), out=str(tmp / 'out'), dataset='cifar10',
+                              budget='long', study='scale'))
+    rows = json.loads((tmp / 'out' / 'cifar10' / 'long' / 'scale' / 'cls_use.json').read_text())['rows']
+    assert [(r['study'], r['job'], r['swapped'], r['applicable']) for r in rows] == [('scale', 'mae_std_nodeccls', None, False)]
+    assert 0 < rows[0]['ratio']

@@ -200,3 +200,49 @@ def test_raw_pixel_yardstick_is_written_once_beside_the_results_and_not_read_as_
     assert all(0 < v <= 100 for v in first['probes'].values()) and first['data_copy'].startswith('stand-in')
     assert raw_pixel_yardstick('cifar10', budget, root, tmp_path / 'results', 'cpu') == first      # read back, not re-measured
     assert load_results(tmp_path / 'results') == []
+
+
+def test_scale_and_causal_jobs_name_their_model_and_decoder():
+    "Issue 40's jobs: a model override and a decoder without [CLS] are in the tag, the row and the run's configuration."
+    causal, deep = Job('mae_std', decoder_cls=False, stop_epoch=200), Job('pmae', 0.1, model='mini_deep', seed=1)
+    assert (causal.tag, causal.row('cifar10')) == ('mae_std_nodeccls', 'MAE_std, decoder without [CLS]')
+    assert (deep.tag, deep.row('cifar10')) == ('pmae_0.1_mini_deep_seed1', 'PMAE_ocl, mini_deep, seed 1')
+    cfg = job_config('cifar10', causal, 'long')
+    assert (cfg.decoder_cls, cfg.model, job_config('cifar10', deep, 'long').model) == (False, 'mini', 'mini_deep')
+    assert Path(job_config('cifar10', deep, 'long').out).name == deep.tag
+    with pytest.raises(ValueError, match='decoder_cls=False is an MAE switch'): job_config('cifar10', Job('pmae', 0.1, decoder_cls=False), 'long')
+
+
+def test_long32_is_the_long_budget_at_32_pixels_with_patch_8():
+    cfg = job_config('tinyimagenet', Job('pmae', 0.2), 'long32')
+    long = BUDGETS['long']
+    assert (cfg.image_size, cfg.patch_size, cfg.model, cfg.epochs, cfg.warmup, cfg.warmup_epochs) == (32, 8, 'mini', 800, 'exponential', 40)
+    assert (BUDGETS['long32'].curve, BUDGETS['long32'].linear_at, BUDGETS['long32'].knn_k_max) == (long.curve, long.linear_at, long.knn_k_max)
+    assert [j.row('tinyimagenet') for j in default_jobs('tinyimagenet', 'long32')] == ['MAE_std', 'PMAE_ocl']
+
+
+def test_a_decoder_without_cls_is_rebuilt_by_load_model_and_load_trained(tmp_path):
+    "The switch travels with the run: `load_model` (a checkpoint) and `load_trained` (an export) rebuild a decoder that ignores [CLS]."
+    import torch
+    from pmae.export import load_trained, save_trained
+    from pmae.train import PretrainConfig, load_model, pretrain
+    cfg = PretrainConfig(dataset='photos', model='micro', method='mae_std', decoder_cls=False, image_size=16, patch_size=4,
+                         batch_size=64, limit=128, epochs=1, warmup_epochs=0, device='cpu', out=str(tmp_path / 'run'))
+    pretrain(cfg, verbose=False)
+    save_trained(tmp_path / 'run' / 'checkpoint.pt', tmp_path / 'export')
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    for model in (load_model(tmp_path / 'run' / 'checkpoint.pt'), load_trained(tmp_path / 'export')):
+        assert model.decoder_cls is False
+        mask = model.draw_masks(8, torch.Generator().manual_seed(0))
+        tokens = model.encoder(model.normalize(images), mask.keep, mask.n_visible)               # (8, 1 + S, 64)
+        swapped = torch.cat([tokens[:, :1].roll(1, 0), tokens[:, 1:]], 1)                         # each image gets another's [CLS]
+        decode = lambda t: model.decoder(t, mask.restore, mask.n_visible, model.decoder_cls)
+        assert torch.equal(decode(tokens), decode(swapped))
+
+
+def test_cli_parses_the_model_and_decoder_switches():
+    from pmae.cli import parse_job
+    from pmae.core import ConfigError
+    assert parse_job('mae_std,decoder_cls=false,stop_epoch=200') == Job('mae_std', decoder_cls=False, stop_epoch=200)
+    assert parse_job('pmae:0.1,model=mini_wide,seed=1') == Job('pmae', 0.1, model='mini_wide', seed=1)
+    with pytest.raises(ConfigError, match='fields cut, loss_norm, .*model, decoder_cls'): parse_job('mae_std,decoder=no')
