@@ -24,9 +24,9 @@ from .scaling import COMPILE_MODES
 
 # %% auto #0
 __all__ = ['DATA_KEYS', 'DESCRIPTION', 'read_toml', 'add_options', 'config_from', 'is_main_process', 'say', 'cmd_pca',
-           'cmd_pretrain', 'cmd_probe', 'parse_job', 'cmd_demo', 'cmd_reproduce', 'cmd_export', 'Parser',
-           'add_pca_command', 'add_pretrain_command', 'add_probe_command', 'add_export_command', 'add_demo_command',
-           'add_reproduce_command', 'build_parser', 'main', 'cli']
+           'cmd_pretrain', 'cmd_probe', 'parse_job', 'cmd_demo', 'cmd_reproduce', 'cmd_export', 'cmd_refit_basis',
+           'Parser', 'add_pca_command', 'add_pretrain_command', 'add_probe_command', 'add_export_command',
+           'add_refit_command', 'add_demo_command', 'add_reproduce_command', 'build_parser', 'main', 'cli']
 
 # %% ../nbs/13_cli.ipynb #f12c2d89
 def read_toml(path) -> dict:
@@ -129,13 +129,19 @@ def cmd_reproduce(args) -> int:
     return 0
 
 # %% ../nbs/13_cli.ipynb #b3f9d4e6
-from .export import export_encoder
+from .export import export_encoder, refit_basis
 
 def cmd_export(args) -> int:
     "`pmae export`: the encoder of a pre-training checkpoint as a timm VisionTransformer (safetensors, pixel statistics, config.json) in a new folder."
     s = export_encoder(args.checkpoint, args.out_dir)
     say(f"exported the {s['method']} encoder of {args.checkpoint} (epoch {s['epoch']}) as a timm VisionTransformer -> {s['out_dir']} "
         f"(features of {s['n_check']} random images equal the checkpoint's within {s['max_abs_diff']:.1e})")
+    return 0
+
+def cmd_refit_basis(args) -> int:
+    "`pmae refit-basis`: fit again, from its data set, the PCA basis a trained PMAE folder comes without, and check it is the one it trained with."
+    path = refit_basis(args.folder, args.data_root or os.environ.get('PMAE_DATA') or 'data')
+    say(f"fitted the basis again and checked its fingerprint -> {path}")
     return 0
 
 # %% ../nbs/13_cli.ipynb #d31e0de5
@@ -181,6 +187,13 @@ def add_export_command(sub):
     s.add_argument('out_dir', help='the folder to create (it must not exist), e.g. exports/cifar10_pmae')
     s.set_defaults(func=cmd_export)
 
+def add_refit_command(sub):
+    "`pmae refit-basis`: the PCA basis of a trained PMAE folder, fitted again and checked."
+    s = sub.add_parser(allow_abbrev=False, name='refit-basis', help='fit again the PCA basis a trained PMAE folder comes without', description=cmd_refit_basis.__doc__)
+    s.add_argument('folder', help='a folder written by save_trained, e.g. results/tinyimagenet/long32/weights/pmae_0.2')
+    s.add_argument('--data-root', default=None, help='where the data set lives [default: $PMAE_DATA, else data]')
+    s.set_defaults(func=cmd_refit_basis)
+
 # %% ../nbs/13_cli.ipynb #942ad4a5
 def add_demo_command(sub):
     "`pmae demo`: the quickstart: PCA, MAE and PMAE pre-training and probes on small data."
@@ -215,8 +228,9 @@ def add_reproduce_command(sub):
 def build_parser() -> Parser:
     "The `pmae` command line."
     p = Parser(prog='pmae', description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    sub = p.add_subparsers(dest='command', required=True, metavar='{pca,pretrain,probe,export,demo,reproduce}')
-    for add in (add_pca_command, add_pretrain_command, add_probe_command, add_export_command, add_demo_command, add_reproduce_command): add(sub)
+    sub = p.add_subparsers(dest='command', required=True, metavar='{pca,pretrain,probe,export,refit-basis,demo,reproduce}')
+    for add in (add_pca_command, add_pretrain_command, add_probe_command, add_export_command, add_refit_command, add_demo_command,
+                add_reproduce_command): add(sub)
     return p
 
 # %% ../nbs/13_cli.ipynb #a4d5f400

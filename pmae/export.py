@@ -6,7 +6,7 @@ Docs: https://github.com/pmae-dev/pmae/export.html.md"""
 
 # %% ../nbs/12_export.ipynb #bfb8b37c
 from __future__ import annotations
-import hashlib, json, shutil, tempfile
+import hashlib, json, os, shutil, subprocess, sys, tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,15 +19,15 @@ from timm.models.vision_transformer import VisionTransformer
 
 import pmae
 from .mae import MaskedAutoencoder, ViTConfig, pool_tokens
-from .pca import PCABasis
-from .train import PretrainConfig, build_model, load_encoder, read_checkpoint
+from .pca import PCABasis, fit_pca
+from .train import PretrainConfig, build_model, load_encoder, load_training_data, read_checkpoint
 from .core import sha256_file
 
 # %% auto #0
 __all__ = ['TIMM_NAMES', 'EXPORT_FORMAT', 'CONFIG_FILE', 'WEIGHTS_FILE', 'STATS_FILE', 'EXPORT_FILES', 'INPUT', 'TRAINED_FORMAT',
            'timm_args', 'timm_state_dict', 'export_config', 'write_export', 'TimmEncoder', 'read_export', 'load_timm',
-           'export_sha256', 'max_feature_diff', 'export_encoder', 'save_basis', 'load_basis', 'save_trained',
-           'load_trained']
+           'export_sha256', 'max_feature_diff', 'export_encoder', 'save_basis', 'load_basis', 'basis_sha256',
+           'save_trained', 'trained_basis', 'load_trained', 'one_thread_refit', 'refit_basis']
 
 # %% ../nbs/12_export.ipynb #9b147e35
 TIMM_NAMES = {192: 'vit_tiny_patch16_224', 384: 'vit_small_patch16_224', 768: 'vit_base_patch16_224'}   # timm's names by width
@@ -158,6 +158,18 @@ def load_basis(path) -> PCABasis:
     return PCABasis(t['mean'], t['std'], t['components'].float(), t['eigenvalues'].double(), float(meta['total_variance']),
                     int(meta['n_samples']), meta['source'])
 
+# %% ../nbs/12_export.ipynb #b2c3d4e5
+def basis_sha256(path) -> str:
+    "SHA-256 of what a `save_basis` file holds: each tensor (name, dtype, shape, bytes) and the metadata, in sorted order."
+    h = hashlib.sha256()
+    with safe_open(path, 'pt') as f:
+        for name in sorted(f.keys()):
+            t = f.get_tensor(name).contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode()); h.update(t.view(torch.uint8).numpy().tobytes())
+        h.update(json.dumps(f.metadata(), sort_keys=True).encode())
+    return h.hexdigest()
+
+
 # %% ../nbs/12_export.ipynb #c9bfa0a8
 TRAINED_FORMAT = 'pmae-trained-model'
 
@@ -174,17 +186,56 @@ def save_trained(checkpoint, folder, dtype=torch.float16) -> dict[str, str]:
     config = {k: v for k, v in state['config'].items() if k not in ('out', 'data_root', 'pca')}   # no machine paths
     meta = dict(format=TRAINED_FORMAT, version=1, epoch=state['epoch'], step=state['step'], dtype=str(dtype).removeprefix('torch.'),
                 config=config, model_config=state['model_config'], pca_sha256=state['pca_sha256'])
+    if cfg.is_pmae: meta['basis_sha256'] = basis_sha256(folder / 'pca.safetensors')   # what a refit basis must match
     (folder / 'model.json').write_text(json.dumps(meta, indent=1) + '\n')
     return {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.suffix in ('.json', '.safetensors')}
 
+# %% ../nbs/12_export.ipynb #d4e5f6a7
+def trained_basis(folder: Path, meta: dict, path=None) -> PCABasis:
+    "A trained PMAE's basis from `path` (default: the folder's), refused unless it holds what the model trained with."
+    path = Path(path or folder / 'pca.safetensors')
+    if not path.is_file(): raise FileNotFoundError(f"{path} is missing (a large basis is not kept with the weights): fit it again with "
+                                                   f"`pmae refit-basis {folder} --data-root DATA`")
+    got, want = basis_sha256(path), meta.get('basis_sha256')
+    if want and got != want: raise ValueError(f"{path} is not the basis this model trained with (content SHA-256 {got[:12]}…, expected {want[:12]}…)")
+    return load_basis(path)
+
+
 # %% ../nbs/12_export.ipynb #d2c55cdf
-def load_trained(folder, device='cpu') -> MaskedAutoencoder:
-    "The whole model `save_trained` wrote into `folder` (decoder and, for PMAE, its basis), in float32, in eval mode."
+def load_trained(folder, device='cpu', basis=None) -> MaskedAutoencoder:
+    "The whole model `save_trained` wrote into `folder` (decoder and, for PMAE, its basis: `basis` or the folder's), in float32, in eval mode."
     folder = Path(folder)
     meta = json.loads((folder / 'model.json').read_text()) if (folder / 'model.json').is_file() else {}
     if meta.get('format') != TRAINED_FORMAT: raise ValueError(f"{folder} holds no model written by save_trained (no {TRAINED_FORMAT!r} model.json)")
     cfg, vit = PretrainConfig.from_dict(meta['config']), ViTConfig(**meta['model_config'])
-    basis = load_basis(folder / 'pca.safetensors') if cfg.is_pmae else None
+    basis = trained_basis(folder, meta, basis) if cfg.is_pmae else None
     model = build_model(cfg, vit, basis, (torch.zeros(vit.image_shape), torch.ones(vit.image_shape)))
     model.load_state_dict({k: v.float() for part in ('encoder', 'decoder') for k, v in load_file(folder / f'{part}.safetensors').items()})
     return model.to(device).eval()
+
+# %% ../nbs/12_export.ipynb #b8c9d0e1
+def one_thread_refit(folder: Path, data_root) -> Path:
+    "`refit_basis` in a new process started with one thread, as the runs are (setting it later changes the linear algebra's sums)."
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    r = subprocess.run([sys.executable, '-m', 'pmae.cli', 'refit-basis', str(folder), '--data-root', str(data_root)],
+                       env=env, capture_output=True, text=True)
+    if r.returncode: raise ValueError(r.stderr.strip().removeprefix('pmae: error: ') or f"pmae refit-basis failed ({r.returncode})")
+    return folder / 'pca.safetensors'
+
+
+# %% ../nbs/12_export.ipynb #f6a7b8c9
+def refit_basis(folder, data_root='data') -> Path:
+    "Fit again the PCA basis of the trained PMAE in `folder` from its training data, save it there and check its fingerprint."
+    folder = Path(folder)
+    meta = json.loads((folder / 'model.json').read_text())
+    cfg = PretrainConfig.from_dict(meta['config'] | dict(data_root=str(data_root)))
+    if not cfg.is_pmae: raise ValueError(f"{folder} holds an MAE ({cfg.method}): it has no PCA basis to fit")
+    if os.environ.get('OMP_NUM_THREADS') != '1': return one_thread_refit(folder, data_root)
+    images = load_training_data(cfg).train.images
+    basis = fit_pca(images, source=f"{cfg.dataset} train ({len(images)} images)")
+    path = save_basis(basis, folder / 'pca.safetensors', getattr(torch, meta['dtype']))
+    if meta.get('basis_sha256') and basis_sha256(path) != meta['basis_sha256']:
+        path.unlink(); raise ValueError(f"the basis fitted again from {cfg.dataset} differs from the one {folder} trained with: "
+                                        "another copy of the data, or another machine's arithmetic")
+    return path
+
