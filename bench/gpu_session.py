@@ -7,7 +7,7 @@
 
 README.md ("A lent GPU") gives the exact `run` calls. `window` goes through the stages below within --minutes, each
 recorded in OUT/stages.json when done: run again on the same folder, it skips what is done and resumes the pre-training
-from its checkpoints. `finish` does what is left after the plan (jobs, encoders, the rest of the suite) in its own
+from its checkpoints. `finish` does what is left after the plan (jobs, readings, encoders, the rest of the suite) in its own
 minutes: it takes runs that were stopped on towards the planned epoch as far as its time allows and probes them, and
 exits with code 2 and a message when the folder holds no plan (the machine was given back between the calls). After every stage, and every 20 s while one runs, --to is
 brought up to date: session.tar.gz (every small file: logs, JSON, metrics), summary.md (one page of all so far) and each
@@ -24,8 +24,11 @@ to date and exits with code 3; a failed stage is recorded and the next ones go o
 7. jobs         MAE_std (75% of patches) and PMAE_ocl (10% of the variance), with the reference code's semantics, side by
                 side if that was faster, each ended at the planned epoch (a time guard stops it earlier if need be), then
                 the paper's linear probe (best and final epoch) and kNN: results JSON with provenance
-8. encoders     each encoder in bf16 (about 11 MB for ViT-T), to re-run the probes elsewhere (`pmae probe FILE`)
-9. suite_rest   the rest of tests/test_gpu.py, if time is left
+8. readings     chapter 21's two readings of each finished model: the fast probe and kNN on [CLS] and on the patch tokens'
+                mean, and what its decoder reads from [CLS] (the swap test, `pmae.diagnosis.cls_use`, 2,048 test images):
+                OUT/results/cifar10/<budget>/readings.json; its minutes are reserved in the plan
+9. encoders     each encoder in bf16 (about 11 MB for ViT-T), to re-run the probes elsewhere (`pmae probe FILE`)
+10. suite_rest  the rest of tests/test_gpu.py, if time is left
 """
 import time
 STARTED = time.time()                                # the command's clock starts before its imports
@@ -42,18 +45,23 @@ sys.path.insert(0, str(ROOT))
 import torch
 
 from pmae.data import load_dataset
+from pmae.diagnosis import cls_use
+from pmae.mae import POOLS
 from pmae.core import atomic_write, device_name, git_commit, write_commit_file, write_json
 from pmae.learner import read_metrics
-from pmae.reproduce import BUDGETS, Job, RunStopped, data_copy, data_root, probe_passes, result_path, run_job
+from pmae.reproduce import (BUDGETS, Job, RunStopped, data_copy, data_root, probe_config, probe_passes, result_path, run_job,
+                            snapshot_probe, snapshots)
 from pmae.results import PAPER_CURVE, paper_value
-from pmae.train import PretrainConfig, load_training_data, save_encoder
+from pmae.train import PretrainConfig, load_model, load_training_data, save_encoder
 
-STAGES = ('record', 'data', 'suite', 'throughput', 'concurrency', 'plan', 'jobs', 'encoders', 'suite_rest')
+STAGES = ('record', 'data', 'suite', 'throughput', 'concurrency', 'plan', 'jobs', 'readings', 'encoders', 'suite_rest')
 FINISH = STAGES[STAGES.index('jobs'):]              # what `finish` does: everything after the plan
 JOBS = (Job('mae_std'), Job('pmae', 0.1))           # MAE_std and PMAE_ocl on CIFAR-10, the reference code's semantics
 METHODS = ('mae_std', 'pmae')                       # bench/pretrain_speed.py's methods
 SLOW_TESTS = ('compiled_step', 'cuda_graphs', 'reproduce_smoke', 'torchrun')   # tests/test_gpu.py's slow tests, by name
 EAGER = 2                                           # a probe's eager forward pass against the compiled step, per image
+READING_PASSES = 4 / 3                              # the readings: fast probe and kNN on both poolings, a frozen pass each
+HELD_OUT = 2048                                     # test images of the swap test, as chapter 21's
 LOG_TAIL = 512 * 1024                               # the bytes of each log that go into the archive (its end)
 SKIP = {'stand-ins', 'tensorboard', 'concurrency_barrier', 'encoders'}   # folders of the session that are not packed
 
@@ -299,6 +307,7 @@ def epochs_that_fit(s: Session, plan: dict, jobs) -> int:
     "Epochs that fit in the time left after the jobs' start, their probes and the end's margin."
     probes = [plan['probe_s'][j.tag] for j in jobs]
     reserve = plan['startup_s'] + 1.25 * max(probes) if plan['concurrent'] else len(jobs) * plan['startup_s'] + sum(probes)
+    reserve += sum(plan.get('readings_s', {}).get(j.tag, 0) for j in JOBS)      # the readings follow the jobs, one model at a time
     return math.floor((s.left() - reserve - s.timing.margin) / plan['wall_s_per_epoch'])
 
 def stage_plan(s: Session) -> dict:
@@ -310,7 +319,8 @@ def stage_plan(s: Session) -> dict:
     passes = sum(probe_passes(b, k) for k in b.probes)                # in training steps' worth of images
     plan = dict(n_train=n, schedule_epochs=b.epochs, concurrent=together, compile=b.compile, probes=list(b.probes),
                 wall_s_per_epoch=max(epoch_s) if together else sum(epoch_s), startup_s=conc.get('startup_s') or s.timing.startup,
-                probe_s={j.tag: EAGER * passes * n / thr['images_per_s'][j.method] + s.timing.probe_overhead for j in JOBS})
+                probe_s={j.tag: EAGER * passes * n / thr['images_per_s'][j.method] + s.timing.probe_overhead for j in JOBS},
+                readings_s={j.tag: EAGER * READING_PASSES * n / thr['images_per_s'][j.method] + s.timing.probe_overhead for j in JOBS})
     plan['epochs'] = min(b.epochs, epochs_that_fit(s, plan, JOBS))
     if plan['epochs'] < 1: raise RuntimeError(f"not one epoch fits in the {s.left():.0f} s left: {json.dumps(plan)}")
     return plan
@@ -363,6 +373,29 @@ def job_command(args) -> int:
         run_job('cifar10', job, b, **where, stop_epoch=done)
     return 0
 
+def read_model(s: Session, job: Job, b, held) -> list[dict]:
+    "Chapter 21's readings of one finished job: fast probe and kNN on each pooling, and its decoder's use of [CLS]; one row each."
+    epoch = json.loads(result_file(s, job).read_text())['epochs']
+    weights = snapshots(run_dir(s, job)).get(epoch, run_dir(s, job) / 'checkpoint.pt')
+    rows = []
+    for pool in POOLS:
+        fast, knn = (snapshot_probe(weights, probe_config(b, kind, s.device, pool)) for kind in ('fast', 'knn'))
+        rows.append(dict(job=job.tag, row=job.row('cifar10'), epoch=epoch, pool=pool, fast=fast['accuracy'], knn=knn['accuracy'], knn_k=knn['best_k']))
+    use = cls_use(load_model(weights).to(s.device), held)
+    return rows + [dict(job=job.tag, row=job.row('cifar10'), epoch=epoch, pool='cls_use', **use)]
+
+def stage_readings(s: Session) -> dict:
+    "Each finished job read both ways, and its decoder's use of [CLS]: OUT/results/cifar10/<budget>/readings.json."
+    s.need('jobs')
+    b = session_budget(s.rehearsal, s.need('plan')['compile'])
+    cfg = PretrainConfig.from_dict(json.loads((run_dir(s, JOBS[0]) / 'config.json').read_text()))
+    held = load_training_data(cfg).eval.images[:HELD_OUT]                         # (2048, 3, 32, 32) uint8
+    rows = [row for j in JOBS for row in read_model(s, j, b, held)]
+    write_json(dict(rows=rows, provenance=dict(commit=git_commit(), device=device_name(s.device), torch=torch.__version__,
+                                               held_out=len(held), finished=now())),
+               s.out / 'results' / 'cifar10' / b.name / 'readings.json')
+    return {f"{r['job']} {r['pool']}": round(r.get('fast', r.get('ratio', 0)), 3) for r in rows}
+
 def stage_encoders(s: Session) -> dict:
     "Each job's encoder in bf16, without decoder or optimiser: its MiB."
     s.need('jobs')
@@ -370,7 +403,7 @@ def stage_encoders(s: Session) -> dict:
     return {tag: round(path.stat().st_size / 2**20, 2) for tag, path in saved.items()}
 
 STAGE_FUNCTIONS = dict(record=stage_record, data=stage_data, suite=stage_suite, throughput=stage_throughput, concurrency=stage_concurrency,
-                       plan=stage_plan, jobs=stage_jobs, encoders=stage_encoders, suite_rest=stage_suite_rest)
+                       plan=stage_plan, jobs=stage_jobs, readings=stage_readings, encoders=stage_encoders, suite_rest=stage_suite_rest)
 
 
 # ---------------------------------------------------------------- summary.md: one page of all so far
@@ -443,8 +476,21 @@ def write_summary(s: Session):
     if plan: lines += [f"**Plan:** the paper's recipe on its {plan['schedule_epochs']}-epoch schedule ended at epoch {plan['epochs']}, "
                        f"{'side by side' if plan['concurrent'] else 'one after the other'}, compiled: {plan['compile']}, "
                        f"probes {', '.join(plan['probes'])}.", '']
-    lines += ['**Runs:**', *[job_md(s, j) for j in JOBS], '']
+    lines += ['**Runs:**', *[job_md(s, j) for j in JOBS], '', *readings_md(s), '']
     (s.out / 'summary.md').write_text('\n'.join(lines))
+
+def readings_md(s: Session) -> list:
+    "The readings as Markdown lines: each model on [CLS] and on the patch tokens' mean, and what its decoder reads from [CLS]."
+    plan = s.info('plan')
+    found = read_json(s.out / 'results' / 'cifar10' / session_budget(s.rehearsal, plan.get('compile', False)).name / 'readings.json') if plan else None
+    if not found: return ["**Readings** (chapter 21): not yet."]
+    by = {(r['job'], r['pool']): r for r in found['rows']}
+    lines = ['**Readings** (chapter 21; fast probe and kNN, %; loss over predicting nothing\'s, as trained and with [CLS] swapped):', '',
+             '| run | epoch | fast [CLS] | fast mean | kNN [CLS] | kNN mean | loss / nothing | [CLS] swapped |', '|---|---:|---:|---:|---:|---:|---:|---:|']
+    for j in JOBS:
+        c, m, u = by.get((j.tag, 'cls')), by.get((j.tag, 'mean')), by.get((j.tag, 'cls_use'))
+        if c and m and u: lines.append(f"| {c['row']} | {c['epoch']} | {c['fast']:.1f} | {m['fast']:.1f} | {c['knn']:.1f} | {m['knn']:.1f} | {u['ratio']:.3f} | {u['swapped']:.3f} |")
+    return lines
 
 
 # ---------------------------------------------------------------- the commands

@@ -9,9 +9,12 @@ keeps each run's full resumable state under `results/cifar10/long/resume/<job>/`
 folder between sessions). A sub-study's runs, kept in their own `--runs` and `--results` folders, go with
 `--study diagnosis` to `results/cifar10/long/diagnosis/`, where readers of `results/<data set>/<budget>/*.json` do not look;
 `--no-weights` copies the results alone (a sub-study's runs are measured, not shown, and their weights would be binary churn).
+`--no-basis` keeps a PMAE's weights without its PCA basis (18 MiB at 32x32, too large to commit): `model.json` keeps the
+basis's fingerprint and `pmae refit-basis <folder> --data-root DATA` fits it again (chapter 12).
 
     python bench/long_study.py --runs ~/long/runs --results ~/long/results [--out results] [--resume]
     python bench/long_study.py --runs ~/long/diag-runs --results ~/long/diag-results --study diagnosis --no-weights
+    python bench/long_study.py --runs ~/tiny/runs --results ~/tiny/results --dataset tinyimagenet --budget long32 --no-basis
 """
 import argparse, hashlib, json, shutil
 from pathlib import Path
@@ -32,12 +35,12 @@ def same_safetensors(a: bytes, b: bytes) -> bool:
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta) and meta(a) == meta(b)
 
 
-def sync_run(run: Path, results: Path, dest: Path, resume: bool = False, weights: bool = True) -> dict | None:
+def sync_run(run: Path, results: Path, dest: Path, resume: bool = False, weights: bool = True, basis: bool = True) -> dict | None:
     "Copy one run's results JSON and (with `weights`) its latest weights into `dest`; None when the run has written no results yet."
     src, ckpt = results / f'{run.name}.json', run / 'checkpoint.pt'
     if not (src.is_file() and ckpt.is_file()): return None
     result = json.loads(src.read_text())
-    if weights: result |= {'weights': copy_weights(run, ckpt, dest)}
+    if weights: result |= {'weights': copy_weights(run, ckpt, dest, basis)}
     config = result.get('pretrain', {}).get('config', {})
     if 'out' in config: config['out'] = str(Path('runs') / Path(config['out']).relative_to(run.parents[2]))   # no machine path
     write_json(result, dest / f'{run.name}.json')
@@ -49,11 +52,13 @@ def sync_run(run: Path, results: Path, dest: Path, resume: bool = False, weights
     return result
 
 
-def copy_weights(run: Path, ckpt: Path, dest: Path) -> dict:
-    "Save a run's latest weights under `dest/weights/<job>/`; their epoch, folder and SHA-256 for the results JSON."
+def copy_weights(run: Path, ckpt: Path, dest: Path, keep_basis: bool = True) -> dict:
+    "Save a run's latest weights under `dest/weights/<job>/` (without a PMAE's basis unless `keep_basis`); epoch, folder, SHA-256s."
     basis = dest / 'weights' / run.name / 'pca.safetensors'
-    before = basis.read_bytes() if basis.is_file() else None
+    before = basis.read_bytes() if basis.is_file() and keep_basis else None
     files = save_trained(ckpt, dest / 'weights' / run.name)
+    if not keep_basis and basis.is_file():                    # model.json keeps its fingerprint; `pmae refit-basis` fits it again
+        basis.unlink(); files.pop(basis.name)
     if before is not None and basis.is_file() and same_safetensors(before, basis.read_bytes()):   # unchanged: no new bytes to commit
         basis.write_bytes(before); files[basis.name] = hashlib.sha256(before).hexdigest()
     epoch = json.loads((dest / 'weights' / run.name / 'model.json').read_text())['epoch']
@@ -69,11 +74,12 @@ def main():
     ap.add_argument('--study', default='', help="a sub-study's folder in the checkout under the budget's, e.g. 'diagnosis' (its runs in their own --runs/--results)")
     ap.add_argument('--resume', action='store_true', help="also keep each run's resumable state under resume/<job>/")
     ap.add_argument('--no-weights', dest='weights', action='store_false', help="copy the results alone, not the latest weights")
+    ap.add_argument('--no-basis', dest='basis', action='store_false', help="keep a PMAE's weights without its PCA basis (model.json has its fingerprint)")
     args = ap.parse_args()
     sub = Path(args.dataset) / args.budget                      # where `pmae reproduce --runs/--results` put them
     runs, results, dest = Path(args.runs).expanduser() / sub, Path(args.results).expanduser() / sub, Path(args.out) / sub / args.study
     for run in sorted(p for p in runs.iterdir() if (p / 'checkpoint.pt').is_file()):
-        r = sync_run(run, results, dest, args.resume, args.weights)
+        r = sync_run(run, results, dest, args.resume, args.weights, args.basis)
         if r is None: print(f"{run.name}: no results yet"); continue
         last = r['curve']['points'][-1]
         print(f"{run.name}: results at epoch {r['epochs']} (fast {last['fast']:.1f}, kNN {last['knn']:.1f})" +

@@ -11,11 +11,12 @@ from torch import Tensor
 
 from .masking import component_mask, hidden_variance
 from .mae import POOLS
-from .results import gap_words
+from .results import ANSWER_PROBES, gap_words
 from .train import predict_nothing_loss
 
 # %% auto #0
-__all__ = ['task_points', 'pooling_table', 'pooling_answer', 'cls_use', 'variance_shares', 'hidden_sets', 'hidden_table']
+__all__ = ['task_points', 'pooling_table', 'pooling_answer', 'fair_answer', 'cls_use', 'variance_shares', 'hidden_sets',
+           'hidden_table']
 
 # %% ../nbs/21_stall.ipynb #910db000
 def task_points(result: dict) -> list[dict]:
@@ -36,24 +37,38 @@ def pooling_table(rows: list[dict]) -> str:
     return '\n'.join(out)
 
 # %% ../nbs/21_stall.ipynb #0b0be8ab
-def pooling_answer(rows: list[dict], noise: dict | None = None) -> str | None:
-    "One sentence at the latest epoch both long runs were read both ways: PMAE_ocl against MAE_std on the patch tokens' mean, then on [CLS]."
+def pooling_answer(rows: list[dict], noise: dict | None = None, pools=('mean', 'cls')) -> str | None:
+    "One sentence at the latest epoch both long runs were read both ways: PMAE_ocl against MAE_std on each of `pools` in turn."
     by = {(r['job'], r['epoch'], r['pool']): r for r in rows if r['study'] == 'long'}
     done = [e for e in sorted({e for _, e, _ in by}) if all((j, e, p) in by for j in ('mae_std', 'pmae_0.1') for p in POOLS)]
     if not done: return None
     at = lambda pool, probe: (by[('pmae_0.1', done[-1], pool)][probe], by[('mae_std', done[-1], pool)][probe])
     words = lambda pool: ' and '.join(gap_words(*at(pool, k), k, (noise or {}).get(k)) for k in ('fast', 'knn'))
-    return (f"At epoch {done[-1]} of the `long` schedule (one seed, CPU), read on the patch tokens' mean, PMAE_ocl is {words('mean')}; "
-            f"read on [CLS], as the paper's probes read it, it is {words('cls')}.")
+    where = {'mean': "read on the patch tokens' mean", 'cls': "read on [CLS], as the paper's probes read it"}
+    said = [f"{where[pool]}, {'PMAE_ocl' if i == 0 else 'it'} is {words(pool)}" for i, pool in enumerate(pools)]
+    return f"At epoch {done[-1]} of the `long` schedule (one seed, CPU), " + '; '.join(said) + '.'
+
+
+# %% ../nbs/21_stall.ipynb #e4f5a6b7
+def fair_answer(rows: list[dict], noise: dict | None = None) -> str | None:
+    "One sentence at the latest epoch read both ways: PMAE_ocl on its patch tokens' mean against MAE_std on its [CLS], every probe both have."
+    by = {(r['job'], r['epoch'], r['pool']): r for r in rows if r['study'] == 'long'}
+    done = [e for e in sorted({e for _, e, _ in by}) if ('pmae_0.1', e, 'mean') in by and ('mae_std', e, 'cls') in by]
+    if not done: return None
+    pmae, mae = by[('pmae_0.1', done[-1], 'mean')], by[('mae_std', done[-1], 'cls')]
+    gaps = [gap_words(pmae[k], mae[k], k, (noise or {}).get(k)) for k in ANSWER_PROBES if k in pmae and k in mae]
+    return (f"At epoch {done[-1]} of the `long` schedule (one seed, CPU), each read where it keeps what it learned (PMAE_ocl on its "
+            f"patch tokens' mean, MAE_std on its [CLS]), PMAE_ocl is " + '; '.join(gaps[:-1]) + ' and ' * (len(gaps) > 1) + gaps[-1] + '.')
 
 
 # %% ../nbs/21_stall.ipynb #ff3f6b26
 @torch.no_grad()
 def cls_use(model, images: Tensor, batch_size: int = 256, seed: int = 0, shift: int = 1) -> dict:
     "Held-out pretext loss over predicting nothing's, as trained and with each image's [CLS] replaced by the one `shift` images on (uint8 `images`)."
-    g, swap = torch.Generator().manual_seed(seed), lambda m, i, out: torch.cat([out[:, :1].roll(shift, 0), out[:, 1:]], 1)
+    device = model.mean.device                                                   # masks and images where the model is (a GPU too)
+    g, swap = torch.Generator(device).manual_seed(seed), lambda m, i, out: torch.cat([out[:, :1].roll(shift, 0), out[:, 1:]], 1)
     loss = swapped = nothing = 0.0
-    for x in images.split(batch_size):
+    for x in images.to(device).split(batch_size):
         mask = model.draw_masks(len(x), g)
         loss += float(model(x, mask).loss) * len(x); nothing += predict_nothing_loss(model, x, mask=mask) * len(x)
         hook = model.decoder.embed.register_forward_hook(swap)                   # the decoder's tokens (N, 1 + S, dec_width)

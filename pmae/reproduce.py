@@ -448,7 +448,8 @@ def raw_pixel_yardstick(dataset: str, budget: str | Budget, root='data', results
     probes = raw_pixel_probes(ds, [k for k in ('fast', 'knn') if k in b.probes], device)
     prov = dict(commit=loaded_commit(), dataset=dataset, data_copy=data_copy(ds, cfg.data_root), budget=b.name, epochs=0,
                 device=device_name(device), wall_s=round(time.time() - t0, 1))
-    result = dict(dataset=dataset, budget=b.name, image_size=ds.shape[-1], probes={k: v['accuracy'] for k, v in probes.items()},
+    commonest = 100 * float(torch.bincount(ds.eval.labels).max()) / len(ds.eval)               # % of the evaluation split in its commonest class
+    result = dict(dataset=dataset, budget=b.name, image_size=ds.shape[-1], probes={k: v['accuracy'] for k, v in probes.items()}, commonest=commonest,
                   n_train=len(ds.train), n_eval=len(ds.eval), **{k: prov[k] for k in ('data_copy', 'commit', 'device', 'wall_s')}, provenance=prov)
     write_json(result, path)
     return result

@@ -13,11 +13,11 @@ from .reproduce import DATASETS, PROVENANCE, dataset_spec, semantics_label
 from .train import LEGACY_SEMANTICS
 
 # %% auto #0
-__all__ = ['PAPER_COLUMNS', 'PAPER_TABLE', 'PAPER_SWEEP', 'SWEEP_RATIOS', 'PAPER_CURVE', 'PROBE_NAMES', 'REQUIRED', 'PROBE_ORDER',
-           'ROW_ORDER', 'ANSWER_PROBES', 'paper_value', 'ProvenanceError', 'check_result', 'with_semantics',
-           'load_results', 'paper_results', 'paper_protocol', 'results_rows', 'row_key', 'table1', 'plot_results',
-           'sweep_points', 'plot_sweep', 'plot_curve', 'point_at', 'gap_words', 'study_answers', 'key_pair',
-           'seed_spread', 'latest_answers']
+__all__ = ['PAPER_COLUMNS', 'PAPER_TABLE', 'PAPER_SWEEP', 'SWEEP_RATIOS', 'PAPER_CURVE', 'PAPER_CURVES', 'PROBE_NAMES',
+           'REQUIRED', 'PROBE_ORDER', 'ROW_ORDER', 'ANSWER_PROBES', 'paper_value', 'ProvenanceError', 'check_result',
+           'with_semantics', 'load_results', 'paper_results', 'paper_protocol', 'comparable', 'results_rows', 'row_key',
+           'table1', 'plot_results', 'sweep_points', 'plot_sweep', 'plot_curve', 'point_at', 'gap_words',
+           'study_answers', 'key_pair', 'seed_spread', 'latest_answers']
 
 # %% ../nbs/15_results.ipynb #b2ac4a47
 PAPER_COLUMNS = ('cifar10', 'tinyimagenet', 'dermamnist', 'bloodmnist', 'pathmnist')
@@ -35,6 +35,9 @@ PAPER_SWEEP = {   # PMAE linear probe by hidden fraction of the variance
 SWEEP_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
 PAPER_CURVE = {'MAE_ocl': {200: 49.8, 400: 50.4, 600: 50.5, 800: 50.7},   # CIFAR-10 linear probe by pre-training epoch
                'PMAE_ocl': {200: 52.4, 400: 56.5, 600: 58.3, 800: 59.0}}
+PAPER_CURVES = {'cifar10': PAPER_CURVE,                                       # the linear probe by pre-training epoch, per data set
+                'tinyimagenet': {'MAE_ocl': {200: 17.7, 400: 17.1, 600: 16.3, 800: 15.5},      # MAE_ocl: 80% of the patches
+                                 'PMAE_ocl': {200: 22.3, 400: 22.3, 600: 22.6, 800: 22.5}}}
 PROBE_NAMES = {'linear': 'linear', 'mlp': 'MLP', 'knn': 'kNN', 'finetune': 'fine-tune', 'fast': 'linear'}   # ours -> paper's
 
 # %% ../nbs/15_results.ipynb #efcddcef
@@ -106,13 +109,17 @@ def paper_protocol(kind: str, probe: dict) -> float:
     if kind != 'knn' or not probe.get('sweep'): return probe['accuracy']
     return max(s['acc'] for s in probe['sweep'] if s['k'] <= 19)
 
+def comparable(r: dict) -> bool:
+    "Whether a result may stand beside the paper's number: the reference's semantics, real data, more than a smoke test."
+    return ', ' not in r['row'] and r['budget'] != 'smoke' and not r['provenance']['data_copy'].startswith('stand-in')
+
 def results_rows(results: list[dict]) -> list[dict]:
     "One row per probe of every (checked) result: ours, the paper's and the difference (None where the paper has none)."
     rows = []
     for r in results:
         check_result(r)
         for kind, p in r['probes'].items():
-            paper = None if ', ' in r['row'] else paper_value(kind, r['row'], r['dataset'])   # the paper ran the reference's semantics
+            paper = paper_value(kind, r['row'], r['dataset']) if comparable(r) else None
             ours = paper_protocol(kind, p)
             rows.append(dict(probe=kind, row=r['row'], dataset=r['dataset'], budget=r['budget'], epochs=r['epochs'],
                              ours=ours, paper=paper, diff=None if paper is None else round(ours - paper, 2), device=r['provenance']['device']))
@@ -191,19 +198,18 @@ def plot_sweep(results: list[dict], dataset: str, probe: str = 'linear'):
 
 # %% ../nbs/15_results.ipynb #074181db
 def plot_curve(results: list[dict], dataset: str = 'cifar10'):
-    "Learning curves (probe accuracy of the kept snapshots by fraction of the epochs) beside the paper's CIFAR-10 curve."
+    "Learning curves (probe accuracy of the kept snapshots by fraction of the epochs) beside the paper's linear-probe curve, where it has one."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    if dataset == 'cifar10':
-        for i, (row, pts) in enumerate(PAPER_CURVE.items()):
-            ax.plot([e / 800 for e in pts], list(pts.values()), '--o', color=f'C{i}', label=f'paper {row} (linear)')
+    for i, (row, pts) in enumerate(PAPER_CURVES.get(dataset, {}).items()):
+        ax.plot([e / 800 for e in pts], list(pts.values()), '--o', color=f'C{i}', label=f'paper {row} (linear)')
     for i, r in enumerate(sorted((r for r in results if r['dataset'] == dataset and r.get('curve')), key=lambda r: row_key(r['row']))):
         pts = r['curve']['points']
         total = r.get('schedule_epochs', r['epochs'])                            # a run stopped early: its schedule's fraction
         if pts: ax.plot([p['epoch'] / total for p in pts], [p['accuracy'] for p in pts], '-s', color=f'C{i + 2}',
                         label=f"ours {r['row']} ({r['curve']['probe']}, {r['budget']} {r['epochs']} of {total} ep)")
-    ax.set_xlabel('fraction of the pre-training epochs'); ax.set_ylabel('accuracy %')
-    ax.set_title(f"{DATASETS[dataset].label}: learning curve"); ax.legend(fontsize=7)
+    ax.set_xlabel('fraction of the pre-training epochs', fontsize=10); ax.set_ylabel('accuracy %', fontsize=10)
+    ax.set_title(f"{DATASETS[dataset].label}: learning curve", fontsize=10); ax.legend(fontsize=9)
     return fig
 
 # %% ../nbs/15_results.ipynb #d30e980a

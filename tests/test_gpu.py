@@ -179,3 +179,12 @@ def test_one_process_nccl_run_under_torchrun(tmp_path):
                                     device='cuda', out=str(tmp_path / 'plain')), verbose=False)
     a, b = weights(tmp_path / 'plain'), weights(tmp_path / 'ddp')
     for k in a: torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_cls_use_runs_where_the_model_is(photos):
+    "Chapter 21's swap test on a model on the GPU (the window's readings): masks and images follow the model; MAE's decoder reads [CLS]."
+    from pmae.diagnosis import cls_use
+    torch.manual_seed(0)
+    model = MAE(vit_config('micro', img_size=32)).cuda().eval()
+    use = cls_use(model, photos.eval.images[:64])
+    assert 0 < use['ratio'] and use['swapped'] != use['ratio']

@@ -14,7 +14,7 @@ from pmae.results import check_result
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'bench' / 'gpu_session.py'
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
-STAGES = ('record', 'data', 'suite', 'throughput', 'concurrency', 'plan', 'jobs', 'encoders', 'suite_rest')
+STAGES = ('record', 'data', 'suite', 'throughput', 'concurrency', 'plan', 'jobs', 'readings', 'encoders', 'suite_rest')
 JOBS = ('mae_std', 'pmae_0.1')
 MAX_FILES, MAX_MIB, MAX_DEPTH = 8, 16, 2          # what one `run` call brings back from $OUT
 
@@ -103,7 +103,7 @@ def test_records_the_machine_the_suite_the_throughput_and_the_plan(cut):
 def test_finish_trains_and_probes_what_is_left_and_writes_the_summary(finished, cut):
     r, stages = finished['result'], finished['stages']
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert [stages[s]['status'] for s in STAGES[6:8]] == ['done', 'done'] and stages['suite_rest']['status'] in ('done', 'skipped')
+    assert [stages[s]['status'] for s in STAGES[6:9]] == ['done'] * 3 and stages['suite_rest']['status'] in ('done', 'skipped')
     assert finished['seconds'] < 2 * 60 + 30                            # its own budget, and a little for the last pack
     plan = stages['plan']['info']
     for tag in JOBS:
@@ -113,9 +113,10 @@ def test_finish_trains_and_probes_what_is_left_and_writes_the_summary(finished, 
         assert result['provenance']['data_copy'].startswith('stand-in')
     back = snapshot(finished['back'])
     assert within_limits(back) and set(back['files']) == {'session.tar.gz', 'summary.md', *(f'{t}_encoder_bf16.pt' for t in JOBS)}
-    assert {'summary.md', 'stages.json', 'session.log', *(f'results/cifar10/smoke/{t}.json' for t in JOBS)} <= back['archive']
+    assert {'summary.md', 'stages.json', 'session.log', 'results/cifar10/smoke/readings.json', *(f'results/cifar10/smoke/{t}.json' for t in JOBS)} <= back['archive']
     summary = (finished['back'] / 'summary.md').read_text()
-    for text in ('# GPU session (CPU rehearsal)', '**GPU suite:**', '| pmae | fast |', '| mae_std | reference |', 'MAE_std', 'PMAE_ocl', 'kNN'):
+    for text in ('# GPU session (CPU rehearsal)', '**GPU suite:**', '| pmae | fast |', '| mae_std | reference |', 'MAE_std', 'PMAE_ocl', 'kNN',
+                 '**Readings**', '| fast [CLS] | fast mean |'):
         assert text in summary, text
     assert 'no results yet' not in summary
 
@@ -134,3 +135,15 @@ def test_encoders_are_small_and_can_be_probed_elsewhere(finished, tmp_path, caps
     code = main(['probe', str(encoder), '--kind', 'fast', '--epochs', '2', '--device', 'cpu'])
     out, err = capsys.readouterr()
     assert code == 0 and 'fast probe of' in out, err[-2000:]
+
+
+def test_readings_of_each_finished_model_on_both_poolings_and_its_decoders_use_of_cls(finished, cut):
+    "Chapter 21's readings come back as a results file: fast probe and kNN on [CLS] and on the mean, and the swap test, per job."
+    readings = json.loads((cut['session'] / 'results' / 'cifar10' / 'smoke' / 'readings.json').read_text())
+    rows = {(r['job'], r['pool']): r for r in readings['rows']}
+    assert set(rows) == {(j, p) for j in JOBS for p in ('cls', 'mean', 'cls_use')} and readings['provenance']['held_out'] == 256
+    for j in JOBS:
+        assert rows[j, 'cls']['fast'] != rows[j, 'mean']['fast'] and 0 <= rows[j, 'mean']['knn'] <= 100
+        assert rows[j, 'cls_use']['ratio'] > 0 and rows[j, 'cls_use']['swapped'] > 0
+    plan = finished['stages']['plan']['info']
+    assert set(plan['readings_s']) == set(JOBS) and all(v > 0 for v in plan['readings_s'].values())   # reserved in the plan

@@ -98,3 +98,16 @@ def test_results_alone_without_weights(tiny_study, tmp_path):
     r = long_study.sync_run(run, tiny_study / 'results' / 'cifar10' / 'long', tmp_path, weights=False)
     assert 'weights' not in r and not (tmp_path / 'weights').exists()
     assert json.loads((tmp_path / 'pmae_0.1.json').read_text()) == r and r['curve']['points'][0]['fast'] == 30.0
+
+
+def test_weights_without_the_basis_keep_its_fingerprint_and_refit(tiny_study, tmp_path):
+    "`--no-basis`: no pca.safetensors in the folder or the recorded files; load_trained says how to fit it again, and the refit loads."
+    from pmae.export import refit_basis
+    run = tiny_study / 'runs' / 'cifar10' / 'long' / 'pmae_0.1'
+    r = long_study.sync_run(run, tiny_study / 'results' / 'cifar10' / 'long', tmp_path, basis=False)
+    folder = tmp_path / r['weights']['folder']
+    assert sorted(r['weights']['sha256']) == ['decoder.safetensors', 'encoder.safetensors', 'model.json'] and not (folder / 'pca.safetensors').exists()
+    assert json.loads((folder / 'model.json').read_text())['basis_sha256']
+    with pytest.raises(FileNotFoundError, match='pmae refit-basis'): load_trained(folder)
+    refit_basis(folder)
+    assert isinstance(load_trained(folder), PMAE)
