@@ -51,8 +51,8 @@ nbtest: install
 ## Command-line, fault and bad-input tests; then every chapter whose outputs come from results/ or committed weights is
 ## re-run by nbval (its assertions included), and a committed output derived from them (a cell marked NBVAL_CHECK_OUTPUT)
 ## that no longer matches what results/ gives fails: a stale chapter. Cells flagged `#| gpu` carry NBVAL_SKIP.
-RESULT_CHAPTERS := ^(index|06_pmae|10_quickstart|2[0-6][a-z]?_[a-z0-9_]+)\.ipynb$$
-NBVAL := $(shell ls nbs/*.ipynb | grep -E '/(index|06_pmae|10_quickstart|2[0-6][a-z]?_[a-z0-9_]+)\.ipynb$$')
+RESULT_CHAPTERS := ^(index|05_mae|06_pmae|10_quickstart|2[0-6][a-z]?_[a-z0-9_]+)\.ipynb$$
+NBVAL := $(shell ls nbs/*.ipynb | grep -E '/(index|05_mae|06_pmae|10_quickstart|2[0-6][a-z]?_[a-z0-9_]+)\.ipynb$$')
 pytest: install
 	$(BIN)/python -m pytest tests -p no:cacheprovider
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(NBVAL)
