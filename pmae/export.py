@@ -236,6 +236,6 @@ def refit_basis(folder, data_root='data') -> Path:
     path = save_basis(basis, folder / 'pca.safetensors', getattr(torch, meta['dtype']))
     if meta.get('basis_sha256') and basis_sha256(path) != meta['basis_sha256']:
         path.unlink(); raise ValueError(f"the basis fitted again from {cfg.dataset} differs from the one {folder} trained with: "
-                                        "another copy of the data, or another machine's arithmetic")
+                                        "another copy of the data, a run that fitted it with more than one thread, or another machine's arithmetic")
     return path
 

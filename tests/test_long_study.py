@@ -100,12 +100,20 @@ def test_results_alone_without_weights(tiny_study, tmp_path):
     assert json.loads((tmp_path / 'pmae_0.1.json').read_text()) == r and r['curve']['points'][0]['fast'] == 30.0
 
 
-def test_weights_without_the_basis_keep_its_fingerprint_and_refit(tiny_study, tmp_path):
+def test_weights_without_the_basis_keep_its_fingerprint_and_refit(tmp_path):
     "`--no-basis`: no pca.safetensors in the folder or the recorded files; load_trained says how to fit it again, and the refit loads."
+    import os, subprocess, sys
     from pmae.export import refit_basis
-    run = tiny_study / 'runs' / 'cifar10' / 'long' / 'pmae_0.1'
-    r = long_study.sync_run(run, tiny_study / 'results' / 'cifar10' / 'long', tmp_path, basis=False)
-    folder = tmp_path / r['weights']['folder']
+    runs = tmp_path / 'runs' / 'cifar10' / 'long'                     # a PMAE trained in a one-thread process, as the long runs are
+    r = subprocess.run([sys.executable, '-m', 'pmae.cli', 'pretrain', '--quiet', '--dataset', 'photos', '--model', 'micro', '--method', 'pmae',
+                        '--ratio', '0.1', '--epochs', '1', '--warmup-epochs', '0', '--device', 'cpu', '--image-size', '16', '--patch-size', '4',
+                        '--batch-size', '64', '--limit', '128', '--out', str(runs / 'pmae_0.1')],
+                       env={**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    write_json(dict(job='pmae_0.1', epochs=1, curve=dict(points=[dict(epoch=1, fast=30.0, knn=25.0)]),
+                    pretrain=dict(config=dict(out=str(runs / 'pmae_0.1')))), tmp_path / 'results' / 'cifar10' / 'long' / 'pmae_0.1.json')
+    r = long_study.sync_run(runs / 'pmae_0.1', tmp_path / 'results' / 'cifar10' / 'long', tmp_path / 'out', basis=False)
+    folder = tmp_path / 'out' / r['weights']['folder']
     assert sorted(r['weights']['sha256']) == ['decoder.safetensors', 'encoder.safetensors', 'model.json'] and not (folder / 'pca.safetensors').exists()
     assert json.loads((folder / 'model.json').read_text())['basis_sha256']
     with pytest.raises(FileNotFoundError, match='pmae refit-basis'): load_trained(folder)
