@@ -28,9 +28,12 @@ machine paths, the device. Run one thread each beside the long runs (`OMP_NUM_TH
     python bench/diagnosis.py pooling --data-root data --study scale --study-runs ~/scale/runs --linear
     python bench/diagnosis.py cls --data-root data --dataset tinyimagenet --budget long32 --study readings --runs ~/tiny/runs
 """
-import argparse, datetime, json, time
+import argparse, datetime, json, sys, time
 from dataclasses import replace
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))          # this checkout's pmae (a worktree's), not an installed one: the provenance names its commit
 
 import torch
 
