@@ -58,9 +58,11 @@ pytest: install
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(NBVAL)
 
 ## Re-render every chapter whose outputs come from results/ or committed weights, with the data in $$PMAE_DATA (default:
-## data/): run this after results land, then commit; `make test` fails while a committed output disagrees with results/
+## data/): run this after results land, then commit; `make test` fails while a committed output disagrees with results/.
+## The figures are then stored as palette PNGs (bench/shrink_figures.py): the tracked tree stays under 10 MiB.
 render: install
 	PMAE_DATA=$${PMAE_DATA:-$(CURDIR)/data} $(BIN)/nbdev-test --n-workers 1 --save --file-re '$(RESULT_CHAPTERS)'
+	$(BIN)/python bench/shrink_figures.py nbs/*.ipynb
 	$(BIN)/nbdev-clean
 
 lab: install

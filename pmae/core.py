@@ -16,9 +16,10 @@ from torch import Tensor
 import pmae
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'COMMIT_FILE', 'check_images', 'as_float', 'atomic_write', 'atomic_save', 'write_json', 'why_unreadable',
-           'read_saved', 'sha256_file', 'ConfigError', 'Config', 'option', 'show_images', 'pick_device',
-           'autocast_dtype', 'git_commit', 'write_commit_file', 'loaded_commit', 'device_name']
+__all__ = ['MIN_TEXT_PX', 'BOOK_STYLE', 'METHOD_COLORS', 'PRECISIONS', 'COMMIT_FILE', 'check_images', 'as_float', 'atomic_write',
+           'atomic_save', 'write_json', 'why_unreadable', 'read_saved', 'sha256_file', 'ConfigError', 'Config',
+           'option', 'show_images', 'book_style', 'small_text', 'method_color', 'pick_device', 'autocast_dtype',
+           'git_commit', 'write_commit_file', 'loaded_commit', 'device_name']
 
 # %% ../nbs/00_core.ipynb #a940a3c4
 def check_images(images) -> Tensor:
@@ -127,6 +128,40 @@ def show_images(images: Tensor, titles=None, ncols: int = 8, size: float = 1.2, 
     if suptitle: fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/00_core.ipynb #7446e6bb
+MIN_TEXT_PX = 9                                     # no text in a committed figure is smaller than this
+BOOK_STYLE = {'figure.dpi': 72, 'savefig.dpi': 72, 'font.size': 11, 'axes.titlesize': 11, 'axes.labelsize': 11,
+              'xtick.labelsize': 10, 'ytick.labelsize': 10, 'legend.fontsize': 10, 'legend.title_fontsize': 10,
+              'figure.titlesize': 12, 'axes.spines.top': False, 'axes.spines.right': False}
+
+def book_style():
+    "Set matplotlib to the book's figure style: 72 dpi, no text under 10 points (10 px at 72 dpi)."
+    import matplotlib as mpl
+    mpl.rcParams.update(BOOK_STYLE)
+
+def small_text(fig, min_px: float = MIN_TEXT_PX) -> list[str]:
+    "The visible texts of `fig` whose height in pixels at the figure's dpi is under `min_px`."
+    from matplotlib.text import Text
+    px = lambda t: t.get_fontsize() * fig.dpi / 72
+    return [f"{t.get_text()!r} ({px(t):.1f} px)" for t in fig.findobj(Text) if t.get_visible() and t.get_text() and px(t) < min_px]
+
+# %% ../nbs/00_core.ipynb #efb0d143
+METHOD_COLORS = {'MAE_std': '#1f77b4', 'MAE_ocl': '#6baed6', 'MAE_std, decoder without [CLS]': '#08306b',
+                 'MAE_std, norm-pix': '#4292c6', 'MAE': '#2171b5',
+                 'PMAE_ocl': '#ff7f0e', 'PMAE r=0.2': '#fdae6b', 'PMAE r=0.4': '#a63603', 'PMAE_ocl, per sample': '#e6550d',
+                 'PMAE r=0.4, per sample': '#7f2704', 'PMAE_ocl, as written': '#fd8d3c', 'PMAE': '#f16913',
+                 'raw pixels': '#7f7f7f'}
+
+def method_color(label: str) -> str:
+    "The book's colour for the method `label` names (MAE's blues, PMAE's oranges, raw pixels grey)."
+    import re
+    name = re.sub(r'^(paper|ours) |, seed \d+| \(.*\)$', '', label.strip())
+    if name in METHOD_COLORS: return METHOD_COLORS[name]
+    for family in ('PMAE', 'MAE'):
+        if re.match(rf'{family}\b|{family}_', name): return METHOD_COLORS[family]
+    if 'pixel' in name: return METHOD_COLORS['raw pixels']
+    raise ValueError(f"no method colour for {label!r}: name MAE, PMAE or raw pixels (known: {', '.join(METHOD_COLORS)})")
 
 # %% ../nbs/00_core.ipynb #77c4fe00
 def pick_device(name: str = 'auto') -> torch.device:
