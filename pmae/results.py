@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .reproduce import DATASETS, PROVENANCE, dataset_spec, semantics_label
 from .train import LEGACY_SEMANTICS
+from .core import method_color
 
 # %% auto #0
 __all__ = ['PAPER_COLUMNS', 'PAPER_TABLE', 'PAPER_SWEEP', 'SWEEP_RATIOS', 'PAPER_CURVE', 'PAPER_CURVES', 'PROBE_NAMES',
@@ -153,23 +154,25 @@ def table1(rows: list[dict], paper_only: bool = False) -> str:
 
 # %% ../nbs/15_results.ipynb #3e7fbc95
 def plot_results(rows: list[dict], budget: str | None = None):
-    "Bar charts of ours against the paper's accuracy: one panel per data set, one pair of bars per probe and method."
+    "Horizontal bars of ours against the paper's accuracy: one panel per data set, one pair of bars per probe and method."
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
     rows = [r for r in rows if budget is None or r['budget'] == budget]
     cols = [c for c in PAPER_COLUMNS if any(r['dataset'] == c for r in rows)]
     if not cols: raise ValueError('no results to plot' + (f" for budget {budget!r}" if budget else ''))
     by_col = {c: sorted((r for r in rows if r['dataset'] == c),
                         key=lambda r: (PROBE_ORDER.index(r['probe']) if r['probe'] in PROBE_ORDER else 9, row_key(r['row']))) for c in cols}
-    widths = [max(4.5, 0.42 * len(rs)) for rs in by_col.values()]                 # room for every bar's label
-    fig, axes = plt.subplots(1, len(cols), figsize=(sum(widths), 4.2), squeeze=False, gridspec_kw=dict(width_ratios=widths))
-    for ax, (c, rs) in zip(axes[0], by_col.items()):
-        xs = range(len(rs))
-        ax.bar([x - 0.2 for x in xs], [r['ours'] for r in rs], 0.4, label='ours', color=['C1' if 'PMAE' in r['row'] else 'C0' for r in rs])
-        ax.bar([x + 0.2 for x in xs], [r['paper'] or 0 for r in rs], 0.4, label='paper', color='none', edgecolor='0.3', hatch='//')
-        ax.set_xticks(list(xs), [f"{r['row']} · {r['probe']}" for r in rs], fontsize=8, rotation=50, ha='right', rotation_mode='anchor')
+    heights = [max(2.2, 0.42 * len(rs) + 0.9) for rs in by_col.values()]        # room for every bar's label
+    fig, axes = plt.subplots(len(cols), 1, figsize=(7.5, sum(heights)), squeeze=False, gridspec_kw=dict(height_ratios=heights))
+    for ax, (c, rs) in zip(axes[:, 0], by_col.items()):
+        ys = range(len(rs))
+        ax.barh([y - 0.2 for y in ys], [r['ours'] for r in rs], 0.4, color=[method_color(r['row']) for r in rs])
+        ax.barh([y + 0.2 for y in ys], [r['paper'] or 0 for r in rs], 0.4, color='none', edgecolor='0.3', hatch='//')
+        ax.set_yticks(list(ys), [f"{r['row']} · {r['probe']}" for r in rs]); ax.invert_yaxis()
         budgets = sorted({f"{r['budget']}, {r['epochs']} ep" for r in rs})
-        ax.set_title(f"{DATASETS[c].label} ({'; '.join(budgets)})", fontsize=9); ax.set_ylabel('accuracy %'); ax.set_ylim(0, 100)
-    axes[0][0].legend(fontsize=8)
+        ax.set_title(f"{DATASETS[c].label} ({'; '.join(budgets)})"); ax.set_xlabel('accuracy %'); ax.set_xlim(0, 100)
+    axes[0][0].legend([Patch(color=method_color('MAE')), Patch(color=method_color('PMAE')), Patch(fill=False, hatch='//', edgecolor='0.3')],
+                      ['ours, MAE', 'ours, PMAE', 'paper'], loc='lower right')
     fig.tight_layout()
     return fig
 
@@ -189,27 +192,27 @@ def plot_sweep(results: list[dict], dataset: str, probe: str = 'linear'):
     import matplotlib.pyplot as plt
     pts = sweep_points(results, dataset, probe)
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    ax.plot(SWEEP_RATIOS, PAPER_SWEEP[dataset], 'k--o', label='paper PMAE (linear, 800 ep)')
-    for k, style in (('pmae', 'C1-o'), ('mae', 'C0-s')):
-        if pts[k]: ax.plot(*zip(*pts[k]), style, label=f"ours {k.upper()} ({probe})")
+    ax.plot(SWEEP_RATIOS, PAPER_SWEEP[dataset], '--o', color=method_color('PMAE'), mfc='none', label='paper PMAE (linear, 800 ep)')
+    for k, marker in (('pmae', 'o'), ('mae', 's')):
+        if pts[k]: ax.plot(*zip(*pts[k]), '-' + marker, color=method_color(k.upper()), label=f"ours {k.upper()} ({probe})")
     ax.set_xlabel('hidden fraction (PMAE: of the variance, MAE: of the patches)'); ax.set_ylabel('accuracy %')
-    ax.set_title(f"{DATASETS[dataset].label}: masking ratio"); ax.legend(fontsize=8)
+    ax.set_title(f"{DATASETS[dataset].label}: masking ratio"); ax.legend()
     return fig
 
 # %% ../nbs/15_results.ipynb #074181db
 def plot_curve(results: list[dict], dataset: str = 'cifar10'):
     "Learning curves (probe accuracy of the kept snapshots by fraction of the epochs) beside the paper's linear-probe curve, where it has one."
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for i, (row, pts) in enumerate(PAPER_CURVES.get(dataset, {}).items()):
-        ax.plot([e / 800 for e in pts], list(pts.values()), '--o', color=f'C{i}', label=f'paper {row} (linear)')
-    for i, r in enumerate(sorted((r for r in results if r['dataset'] == dataset and r.get('curve')), key=lambda r: row_key(r['row']))):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row, pts in PAPER_CURVES.get(dataset, {}).items():                      # the paper's: dashed, open markers
+        ax.plot([e / 800 for e in pts], list(pts.values()), '--o', mfc='none', color=method_color(row), label=f'paper {row} (linear)')
+    for r in sorted((r for r in results if r['dataset'] == dataset and r.get('curve')), key=lambda r: row_key(r['row'])):
         pts = r['curve']['points']
         total = r.get('schedule_epochs', r['epochs'])                            # a run stopped early: its schedule's fraction
-        if pts: ax.plot([p['epoch'] / total for p in pts], [p['accuracy'] for p in pts], '-s', color=f'C{i + 2}',
+        if pts: ax.plot([p['epoch'] / total for p in pts], [p['accuracy'] for p in pts], '-s', color=method_color(r['row']),
                         label=f"ours {r['row']} ({r['curve']['probe']}, {r['budget']} {r['epochs']} of {total} ep)")
-    ax.set_xlabel('fraction of the pre-training epochs', fontsize=10); ax.set_ylabel('accuracy %', fontsize=10)
-    ax.set_title(f"{DATASETS[dataset].label}: learning curve", fontsize=10); ax.legend(fontsize=9)
+    ax.set_xlabel('fraction of the pre-training epochs'); ax.set_ylabel('accuracy %')
+    ax.set_title(f"{DATASETS[dataset].label}: learning curve"); ax.legend(loc='best')
     return fig
 
 # %% ../nbs/15_results.ipynb #d30e980a
