@@ -418,7 +418,6 @@ def medmnist_file(root: Path, flag: str, size: int) -> Path:
     "Where the medmnist package keeps `flag` at `size`."
     return Path(root) / f"{flag}{'' if size == 28 else f'_{size}'}.npz"
 
-# %% ../nbs/02_data.ipynb #025db83f
 def write_medmnist_npz(ds: ImageDataset, root, flag: str, size: int) -> Path:
     "Write `ds` as the medmnist package's `<flag>[_<size>].npz` (its eval split doubles as val and test)."
     def arrays(split):

@@ -15,8 +15,8 @@ from .results import ANSWER_PROBES, gap_words
 from .train import predict_nothing_loss
 
 # %% auto #0
-__all__ = ['task_points', 'pooling_table', 'pooling_answer', 'fair_answer', 'cls_use', 'variance_shares', 'hidden_sets',
-           'hidden_table']
+__all__ = ['KEY_ROWS', 'task_points', 'pooling_table', 'pooling_answer', 'fair_answer', 'cls_use', 'variance_shares',
+           'hidden_sets', 'hidden_table']
 
 # %% ../nbs/21_stall.ipynb #910db000
 def task_points(result: dict) -> list[dict]:
@@ -37,27 +37,29 @@ def pooling_table(rows: list[dict]) -> str:
     return '\n'.join(out)
 
 # %% ../nbs/21_stall.ipynb #0b0be8ab
-def pooling_answer(rows: list[dict], noise: dict | None = None, pools=('mean', 'cls')) -> str | None:
-    "One sentence at the latest epoch both long runs were read both ways: PMAE_ocl against MAE_std on each of `pools` in turn."
-    by = {(r['job'], r['epoch'], r['pool']): r for r in rows if r['study'] == 'long'}
-    done = [e for e in sorted({e for _, e, _ in by}) if all((j, e, p) in by for j in ('mae_std', 'pmae_0.1') for p in POOLS)]
+KEY_ROWS = ('MAE_std', 'PMAE_ocl')     # the pair every answer compares, by row: PMAE_ocl is r=0.1 on CIFAR-10, 0.2 on Tiny ImageNet
+
+def pooling_answer(rows: list[dict], noise: dict | None = None, pools=('mean', 'cls'), study: str = 'long') -> str | None:
+    "One sentence at the latest epoch both runs of `study` were read both ways: PMAE_ocl against MAE_std on each of `pools` in turn."
+    by = {(r['row'], r['epoch'], r['pool']): r for r in rows if r['study'] == study}
+    done = [e for e in sorted({e for _, e, _ in by}) if all((row, e, p) in by for row in KEY_ROWS for p in POOLS)]
     if not done: return None
-    at = lambda pool, probe: (by[('pmae_0.1', done[-1], pool)][probe], by[('mae_std', done[-1], pool)][probe])
+    at = lambda pool, probe: (by[('PMAE_ocl', done[-1], pool)][probe], by[('MAE_std', done[-1], pool)][probe])
     words = lambda pool: ' and '.join(gap_words(*at(pool, k), k, (noise or {}).get(k)) for k in ('fast', 'knn'))
     where = {'mean': "read on the patch tokens' mean", 'cls': "read on [CLS], as the paper's probes read it"}
     said = [f"{where[pool]}, {'PMAE_ocl' if i == 0 else 'it'} is {words(pool)}" for i, pool in enumerate(pools)]
-    return f"At epoch {done[-1]} of the `long` schedule (one seed, CPU), " + '; '.join(said) + '.'
+    return f"At epoch {done[-1]} of the `{study}` schedule (one seed, CPU), " + '; '.join(said) + '.'
 
 
 # %% ../nbs/21_stall.ipynb #e4f5a6b7
-def fair_answer(rows: list[dict], noise: dict | None = None) -> str | None:
-    "One sentence at the latest epoch read both ways: PMAE_ocl on its patch tokens' mean against MAE_std on its [CLS], every probe both have."
-    by = {(r['job'], r['epoch'], r['pool']): r for r in rows if r['study'] == 'long'}
-    done = [e for e in sorted({e for _, e, _ in by}) if ('pmae_0.1', e, 'mean') in by and ('mae_std', e, 'cls') in by]
+def fair_answer(rows: list[dict], noise: dict | None = None, study: str = 'long') -> str | None:
+    "One sentence at the latest epoch of `study` read both ways: PMAE_ocl on its patch tokens' mean against MAE_std on its [CLS], every probe both have."
+    by = {(r['row'], r['epoch'], r['pool']): r for r in rows if r['study'] == study}
+    done = [e for e in sorted({e for _, e, _ in by}) if ('PMAE_ocl', e, 'mean') in by and ('MAE_std', e, 'cls') in by]
     if not done: return None
-    pmae, mae = by[('pmae_0.1', done[-1], 'mean')], by[('mae_std', done[-1], 'cls')]
+    pmae, mae = by[('PMAE_ocl', done[-1], 'mean')], by[('MAE_std', done[-1], 'cls')]
     gaps = [gap_words(pmae[k], mae[k], k, (noise or {}).get(k)) for k in ANSWER_PROBES if k in pmae and k in mae]
-    return (f"At epoch {done[-1]} of the `long` schedule (one seed, CPU), each read where it keeps what it learned (PMAE_ocl on its "
+    return (f"At epoch {done[-1]} of the `{study}` schedule (one seed, CPU), each read where it keeps what it learned (PMAE_ocl on its "
             f"patch tokens' mean, MAE_std on its [CLS]), PMAE_ocl is " + '; '.join(gaps[:-1]) + ' and ' * (len(gaps) > 1) + gaps[-1] + '.')
 
 

@@ -21,9 +21,10 @@ from .core import as_float, atomic_save, check_images, read_saved, show_images
 
 # %% auto #0
 __all__ = ['CONSTANT_STD', 'STD_FLOOR', 'PCA_FORMAT', 'PCA_FORMAT_VERSION', 'IMAGES_IN_USE', 'EXACT_CHUNK', 'typical_std',
-           'safe_std', 'numerical_rank', 'fix_signs', 'ShapeMismatchError', 'PCABasis', 'variance_table',
-           'show_eigen_images', 'plot_cumulative_variance', 'image_batches', 'PixelMoments', 'add_gram_', 'full_gram',
-           'pixel_stats', 'standardized_covariance', 'eigh_descending', 'fit_pca', 'fit_pca_few']
+           'safe_std', 'numerical_rank', 'fix_signs', 'ShapeMismatchError', 'PCABasis', 'textbook_pca',
+           'variance_table', 'show_eigen_images', 'plot_cumulative_variance', 'image_batches', 'PixelMoments',
+           'add_gram_', 'full_gram', 'pixel_stats', 'standardized_covariance', 'eigh_descending', 'fit_pca',
+           'fit_pca_few']
 
 # %% ../nbs/01_pca.ipynb #0425a4bf
 CONSTANT_STD = 1e-6  # a pixel whose std (in [0, 1] units) is at most this never varies
@@ -85,6 +86,17 @@ def device(self: PCABasis) -> torch.device: return self.components.device
 def __repr__(self: PCABasis):
     return (f"PCABasis({self.source or 'images'} {self.shape}: {self.n_components} of {self.dim} components, "
             f"{float(self.ratios.sum()):.1%} of the variance, fit on {self.n_samples} images)")
+
+# %% ../nbs/01_pca.ipynb #6ac94fad
+def textbook_pca(images, source: str = '') -> PCABasis:
+    "The textbook PCA of `images` as a `PCABasis`, all in memory, float64, `torch.linalg.eigh`: the reference."
+    x = as_float(images, torch.float64).flatten(1)                          # (N, D)
+    mean, std = x.mean(0), safe_std(x.std(0, unbiased=False))              # (D,), (D,)
+    values, vectors = torch.linalg.eigh(torch.cov(((x - mean) / std).T))   # ascending, eigenvectors as columns
+    values, vectors = values.flip(0), vectors.flip(1).T                    # by decreasing variance, as rows (D, D)
+    rank = numerical_rank(values, x.shape[1], len(x))
+    return PCABasis(mean=mean.view(images.shape[1:]), std=std.view(images.shape[1:]), components=fix_signs(vectors[:rank]),
+                    eigenvalues=values[:rank], total_variance=float(values[:rank].sum()), n_samples=len(x), source=source)
 
 # %% ../nbs/01_pca.ipynb #ba84d099
 def _shape_str(shape) -> str: return str(tuple(int(s) for s in shape))
@@ -296,7 +308,6 @@ def standardized_covariance(moments: PixelMoments) -> Tensor:
     cov[constant], cov[:, constant] = 0, 0
     return cov
 
-# %% ../nbs/01_pca.ipynb #c26d7b01
 def eigh_descending(cov: Tensor) -> tuple[Tensor, Tensor]:
     "Eigenvalues (D,) and eigenvectors as rows (D, D) of a symmetric matrix, by decreasing eigenvalue."
     if cov.device.type == 'cpu':   # LAPACK through NumPy

@@ -7,7 +7,7 @@ Docs: https://github.com/pmae-dev/pmae/reproduce.html.md"""
 # %% ../nbs/14_reproduce.ipynb #eff52afa
 from __future__ import annotations
 import datetime, functools, json, math, os, platform, re, subprocess, tempfile, time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,10 +21,11 @@ from .pca import PCABasis
 from .masking import ComponentMasking, get_masking
 from .learner import read_metrics
 from .scaling import Processes, StepTimerCB
-from .train import (PretrainConfig, build_model, float32_matmul, load_model, load_training_data, model_config,
-                        predict_nothing_loss, pretrain, pretrain_batches, pretrain_learner, read_checkpoint)
-from .probe import ProbeConfig, images_sha256, probe_json_path, raw_pixel_probes, run_probe
-from .core import device_name, git_commit, loaded_commit, pick_device, sha256_file, write_json
+from .train import (PretrainConfig, build_model, float32_matmul, load_training_data, model_config, pretrain, pretrain_batches,
+                        pretrain_learner, read_checkpoint)
+from .probe import images_sha256, raw_pixel_probes
+from .curves import curve_stops, knn_views, point_probes, pretext_losses, probe_config, snapshot_probe, snapshots
+from .core import device_name, git_commit, loaded_commit, pick_device, write_json
 
 
 # %% auto #0
@@ -32,8 +33,7 @@ __all__ = ['DATASETS', 'BUDGETS', 'STAND_IN', 'TINY_PER_CLASS', 'PROVENANCE', 'P
            'Budget', 'get_budget', 'semantics_label', 'Job', 'default_jobs', 'job_config', 'write_stand_in',
            'data_root', 'tiny_copy', 'data_copy', 'random_basis', 'step_seconds', 'probe_passes', 'estimate',
            'plan_table', 'fmt_seconds', 'BudgetError', 'RunStopped', 'check_device', 'pretrain_job', 'job_provenance',
-           'probe_config', 'snapshot_probe', 'pretext_losses', 'snapshots', 'result_path', 'knn_views', 'point_probes',
-           'learning_curve', 'curve_stops', 'job_result', 'run_job', 'raw_pixel_yardstick', 'reproduce']
+           'learning_curve', 'result_path', 'job_result', 'run_job', 'raw_pixel_yardstick', 'reproduce']
 
 # %% ../nbs/14_reproduce.ipynb #3c04ebbc
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Budget:
     warmup_epochs: int
     warmup: str                # 'linear' or the paper's 'exponential'
     limit: int                 # training images (0: all)
-    probes: tuple              # probe kinds (chapter 09), in order
+    probes: tuple              # probe kinds (chapter 09a), in order
     probe_epochs: int | None   # linear/MLP probe epochs (None: the recipe's 100)
     needs_gpu: bool = False
     compile: bool = False      # compile the training step (worth its start-up only on a GPU)
@@ -322,68 +322,6 @@ def job_provenance(cfg: PretrainConfig, budget: Budget, summary: dict, started: 
                 torch=torch.__version__, pmae=pmae.__version__,
                 finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
-# %% ../nbs/14_reproduce.ipynb #3844222c
-def probe_config(budget: Budget, kind: str, device='auto', pool: str = 'cls') -> ProbeConfig:
-    "The probe `kind` as `budget` runs it, on `device`, reading `pool` ([CLS] by default, as the paper)."
-    knn = dict(k_max=budget.knn_k_max) if kind == 'knn' else {}
-    return ProbeConfig(kind, epochs=budget.probe_epochs if kind in ('linear', 'mlp') else None, device=str(device), pool=pool, **knn)
-
-PROBE_KEYS = ('kind', 'accuracy', 'best_acc', 'best_epoch', 'final_acc', 'best_k', 'sweep', 'history', 'n_train', 'n_test',
-              'eval_split', 'checkpoint_sha256', 'checkpoint_epoch', 'wall_s', 'config')   # what a results file keeps of a probe
-
-def snapshot_probe(snapshot, cfg: ProbeConfig) -> dict:
-    "Probe `cfg.kind` of a snapshot: its saved JSON when that was written for these very weights and this probe, else a new run."
-    path = probe_json_path(snapshot, cfg.kind, cfg.pool)
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        same = lambda c: {k: v for k, v in (asdict(ProbeConfig()) | c).items() if k != 'device'}   # wherever it ran; a newer field: its default
-        if saved.get('checkpoint_sha256') == sha256_file(snapshot) and same(saved.get('config', {})) == same(asdict(cfg.resolved())): return saved
-    return run_probe(snapshot, cfg, verbose=False)
-
-
-# %% ../nbs/14_reproduce.ipynb #5c3a20d9
-@torch.no_grad()
-def pretext_losses(snapshot, images, batch_size: int = 256, seed: int = 0) -> dict:
-    "A snapshot's mean pretext loss on held-out uint8 `images` in batches, and predict-nothing's on the same masks."
-    model, g = load_model(snapshot), torch.Generator().manual_seed(seed)
-    loss = nothing = 0.0
-    batches = images.split(batch_size)
-    for x in batches:
-        mask = model.draw_masks(len(x), g)
-        loss += float(model(x, mask).loss) / len(batches)
-        nothing += predict_nothing_loss(model, x, mask=mask) / len(batches)
-    return dict(pretext_loss=loss, predict_nothing=nothing)
-
-
-# %% ../nbs/14_reproduce.ipynb #39481c6d
-def snapshots(run_dir) -> dict[int, Path]:
-    "A run's kept weight snapshots `epoch_NNNN.pt` by epoch (not their feature caches)."
-    return {int(p.stem.split('_')[1]): p for p in sorted(Path(run_dir).glob('epoch_*.pt')) if re.fullmatch(r'epoch_\d+\.pt', p.name)}
-
-def result_path(results, dataset: str, budget: str, job: Job) -> Path:
-    "Where a job's results JSON lives."
-    return Path(results) / dataset / budget / f'{job.tag}.json'
-
-# %% ../nbs/14_reproduce.ipynb #1061090c
-def knn_views(sweep: list[dict]) -> dict:
-    "A kNN sweep read three ways: the paper's best k over 2..19, k = 20 fixed, and the best k of the whole sweep (with its k)."
-    best = lambda rows: max(rows, key=lambda s: s['acc'])                       # the first, the smallest k, among equals
-    paper, wide = best([s for s in sweep if s['k'] <= 19]), best(sweep)
-    return dict(knn=paper['acc'], knn_k=paper['k'], knn_k20=next((s['acc'] for s in sweep if s['k'] == 20), None),
-                knn_wide=wide['acc'], knn_wide_k=wide['k'])
-
-def point_probes(snap, b: Budget, epoch: int, device='auto') -> dict:
-    "Every probe of one curve point: the budget's (kNN three ways when it sweeps past 19), and the paper's linear probe where the budget asks."
-    point = {}
-    for kind in (b.probes if b.curve else ('fast',)):
-        r = snapshot_probe(snap, probe_config(b, kind, device))
-        point[kind] = r['accuracy']
-        if kind == 'knn' and b.knn_k_max > 19: point.update(knn_views(r['sweep']))
-    if epoch in b.linear_at:
-        r = snapshot_probe(snap, probe_config(b, 'linear', device))      # selects on the test set, as the paper does: best and final
-        point.update(linear_best=r['best_acc'], linear_best_epoch=r['best_epoch'], linear_final=r['final_acc'])
-    return point
-
 # %% ../nbs/14_reproduce.ipynb #47e378a8
 def learning_curve(run_dir, budget: str | Budget = 'smoke', device='auto', held_out: int = 2048) -> list[dict]:
     "At each snapshot on the budget's curve: pre-training seconds so far and every probe; with a curve, the held-out pretext loss."
@@ -400,12 +338,14 @@ def learning_curve(run_dir, budget: str | Budget = 'smoke', device='auto', held_
         points.append(point)
     return points
 
-# %% ../nbs/14_reproduce.ipynb #d51fe240
-def curve_stops(b: Budget, last: int, done: int) -> list[int]:
-    "Where a run to epoch `last`, `done` epochs in, pauses to probe: the curve's points from `done` on (one it stopped at lands first), then `last`."
-    return [e for e in b.curve if done <= e < last] + [last]
-
 # %% ../nbs/14_reproduce.ipynb #b00beac6
+PROBE_KEYS = ('kind', 'accuracy', 'best_acc', 'best_epoch', 'final_acc', 'best_k', 'sweep', 'history', 'n_train', 'n_test',
+              'eval_split', 'checkpoint_sha256', 'checkpoint_epoch', 'wall_s', 'config')   # what a results file keeps of a probe
+
+def result_path(results, dataset: str, budget: str, job: Job) -> Path:
+    "Where a job's results JSON lives."
+    return Path(results) / dataset / budget / f'{job.tag}.json'
+
 def job_result(dataset: str, job: Job, b: Budget, cfg: PretrainConfig, summary: dict, started: float, device) -> dict:
     "A job's results: its pre-training, the probes of its latest weights, its learning curve so far and its provenance."
     weights, probes = snapshots(cfg.run_dir).get(summary['epochs_done'], summary['checkpoint']), {}

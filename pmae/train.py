@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib, json, math, os, random, time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -22,22 +21,21 @@ from .data import LOADERS, ImageDataset, load_dataset
 from .pca import PCABasis, fit_pca, pixel_stats
 from .core import (PRECISIONS, Config, ConfigError, atomic_save, autocast_dtype, check_images, option, pick_device, read_saved,
                        sha256_file)
-from .augment import AugmentedImages, apply_crops, crop_params
-from .masking import CUTS, MASKINGS, ComponentMasking, PatchMask, PatchMasking, get_masking, mask_at
+from .masking import CUTS, MASKINGS, ComponentMasking, PatchMask, PatchMasking, get_masking
 from .mae import CONFIGS, MAE, MaskedAutoencoder, ViTConfig, vit_config
 from .pmae import LOSS_NORMS, PMAE, PMAE_LOSSES
 from .learner import (Callback, DivergenceCB, Learner, MetricsCB, ProgressCB, TrainingDiverged, lr_factor, WARMUPS,
                           read_metrics, restore_learner)
+from .batches import draw_bytes, epoch_draws, epoch_order, epoch_seed, loader_batches, memory_batches
 from .scaling import COMPILE_MODES, BackgroundCheckpointCB, CompileCB, DDPCB, InterruptCB, Processes, init_processes
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_KEYS', 'LEGACY_SEMANTICS', 'DataSettings', 'MaskSettings', 'OptimSettings',
            'RunSettings', 'PretrainConfig', 'load_training_data', 'hold_out', 'model_config', 'prepare_basis',
-           'build_model', 'rank_rows', 'epoch_seed', 'epoch_order', 'epoch_draws', 'draw_bytes', 'to_device',
-           'memory_batches', 'loader_batches', 'pretrain_batches', 'pretrain_loss', 'make_optimizer', 'make_schedule',
-           'pretrain_learner', 'float32_matmul', 'CheckpointMismatchError', 'read_checkpoint', 'check_resume',
-           'RunParts', 'open_run', 'pretrain_callbacks', 'pretrain_summary', 'pretrain', 'load_encoder', 'save_encoder',
-           'load_model', 'predict_nothing_loss']
+           'build_model', 'pretrain_batches', 'pretrain_loss', 'make_optimizer', 'make_schedule', 'pretrain_learner',
+           'float32_matmul', 'CheckpointMismatchError', 'read_checkpoint', 'check_resume', 'RunParts', 'open_run',
+           'pretrain_callbacks', 'pretrain_summary', 'pretrain', 'load_encoder', 'save_encoder', 'load_model',
+           'predict_nothing_loss']
 
 # %% ../nbs/08_train.ipynb #ea8f20ca
 @dataclass
@@ -190,61 +188,7 @@ def build_model(cfg: PretrainConfig, vit: ViTConfig, basis: PCABasis | None, sta
     model.decoder.mask_token.requires_grad_(False)    # PMAE drops no token: the mask token is never used (DDP must not wait for it)
     return model
 
-# %% ../nbs/08_train.ipynb #8faa831f
-def rank_rows(x, procs: Processes):
-    "This process's share of a global batch: its rows of `x` (a tensor, `PatchMask` or `ComponentMask`); per-batch masks and counts are shared."
-    if isinstance(x, tuple): return type(x)(*(rank_rows(t, procs) for t in x))
-    if x is None or x.ndim == 0 or procs.world == 1 or len(x) == 1: return x
-    b = len(x) // procs.world
-    return x[procs.rank * b:(procs.rank + 1) * b]
-
-# %% ../nbs/08_train.ipynb #4d3bdcf8
-def epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    "A distinct, reproducible seed for one random stream (0: data order, 1: augmentation and masks) of one epoch."
-    return (seed * 1_000_003 + epoch) * 4 + stream
-
-def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
-    "The epoch's shuffled order of `n` training images (the same on every process)."
-    return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, 0)))
-
-# %% ../nbs/08_train.ipynb #b0faa6f4
-def epoch_draws(model: MaskedAutoencoder, batch_size: int, n_batches: int, hw: tuple, generator, draw_steps: int = 1,
-                crops: bool = True):
-    "Each batch's crops (B, 2, 3) (None without `crops`) and masks for an epoch, drawn `draw_steps` batches at a time (0: all)."
-    chunk, device = draw_steps or n_batches, generator.device
-    for start in range(0, n_batches, chunk):
-        steps = min(chunk, n_batches - start)
-        theta = crop_params(steps * batch_size, hw, True, generator, device).view(steps, batch_size, 2, 3) if crops else None
-        masks = model.draw_masks(batch_size, generator, steps)
-        for s in range(steps): yield (theta[s] if crops else None), mask_at(masks, s)
-
-def draw_bytes(model: MaskedAutoencoder, batch_size: int, steps: int) -> int:
-    "Rough bytes the random draws of `steps` batches hold at once (crops, and masks with the temporaries of their sort)."
-    if isinstance(model, PMAE): per_step = batch_size * len(model.ratios) * 40     # one draw per image (chapter 03)
-    else: per_step = batch_size * model.config.n_patches * 20
-    return steps * (per_step + batch_size * 24)
-
-# %% ../nbs/08_train.ipynb #86463994
-def to_device(t: Tensor, device: torch.device) -> Tensor:
-    "`t` on `device`, without making the host wait (pinned, non-blocking) when that is a GPU."
-    return t.pin_memory().to(device, non_blocking=True) if device.type == 'cuda' else t.to(device)
-
-def memory_batches(images: Tensor, order: Tensor, batch_size: int, start_batch: int, draws, procs: Processes):
-    "(images, masks) batches of device-resident uint8 `images`, augmented ([0, 1] floats, this process's rows), from batch `start_batch`."
-    order = to_device(order, images.device)
-    for b, (theta, mask) in enumerate(islice(draws, start_batch, None), start_batch):
-        idx = order[b * batch_size:(b + 1) * batch_size]
-        yield apply_crops(images[rank_rows(idx, procs)], rank_rows(theta, procs)), rank_rows(mask, procs)
-
-# %% ../nbs/08_train.ipynb #c49fe99b
-def loader_batches(images: Tensor, order: Tensor, batch_size: int, start_batch: int, seed: int, workers: int, procs: Processes,
-                   device, draws):
-    "The same batches through a torchvision `DataLoader` with per-image transforms in `workers` processes."
-    batches = [rank_rows(order[b * batch_size:(b + 1) * batch_size], procs).tolist() for b in range(start_batch, len(order) // batch_size)]
-    dl = torch.utils.data.DataLoader(AugmentedImages(images), batch_sampler=batches, num_workers=workers,
-                                     pin_memory=device.type == 'cuda', generator=torch.Generator().manual_seed(seed))
-    for x, (_, mask) in zip(dl, islice(draws, start_batch, None)): yield x.to(device, non_blocking=True), rank_rows(mask, procs)
-
+# %% ../nbs/08_train.ipynb #ff13f0b3
 def pretrain_batches(cfg: PretrainConfig, model: MaskedAutoencoder, images: Tensor, n_batches: int, device, procs: Processes):
     "A run's `batches(epoch, start_batch)`: the epoch's order, crops and masks from the run's seed, through `cfg.pipeline`."
     steps = cfg.draw_steps or n_batches

@@ -1,4 +1,4 @@
-"""Probes (chapter 09): kNN against scikit-learn, configuration errors, and `run_probe` end to end.
+"""Probes (chapters 09, 09a and 09b): kNN against scikit-learn, configuration errors, and `run_probe` end to end.
 
 Everything runs on a `micro` PMAE pre-trained for one epoch on the embedded photo patches at
 16 × 16 pixels (about 3 s on a CPU), written to a temporary folder.
