@@ -8,7 +8,8 @@ in fp16 safetensors, PMAE's PCA basis, `model.json`: `pmae.export.save_trained`)
 keeps each run's full resumable state under `results/cifar10/long/resume/<job>/` (for a machine that loses its home
 folder between sessions). A sub-study's runs, kept in their own `--runs` and `--results` folders, go with
 `--study diagnosis` to `results/cifar10/long/diagnosis/`, where readers of `results/<data set>/<budget>/*.json` do not look;
-`--no-weights` copies the results alone (a sub-study's runs are measured, not shown, and their weights would be binary churn).
+`--no-weights` copies the results alone (a sub-study's runs are measured, not shown, and their weights would be binary churn;
+the record of weights committed earlier, still in the folder, is kept).
 `--no-basis` keeps a PMAE's weights without its PCA basis (18 MiB at 32x32, too large to commit): `model.json` keeps the
 basis's fingerprint and `pmae refit-basis <folder> --data-root DATA` fits it again (chapter 12).
 
@@ -41,6 +42,7 @@ def sync_run(run: Path, results: Path, dest: Path, resume: bool = False, weights
     if not (src.is_file() and ckpt.is_file()): return None
     result = json.loads(src.read_text())
     if weights: result |= {'weights': copy_weights(run, ckpt, dest, basis)}
+    else: result |= kept_weights(dest, run.name)                # the weights committed earlier stay described
     config = result.get('pretrain', {}).get('config', {})
     if 'out' in config: config['out'] = str(Path('runs') / Path(config['out']).relative_to(run.parents[2]))   # no machine path
     write_json(result, dest / f'{run.name}.json')
@@ -50,6 +52,13 @@ def sync_run(run: Path, results: Path, dest: Path, resume: bool = False, weights
         for name in RESUME_FILES:
             if (run / name).is_file(): shutil.copy2(run / name, keep / name)
     return result
+
+
+def kept_weights(dest: Path, job: str) -> dict:
+    "The `weights` record of the results already in `dest` whose folder is still there (empty when none): `--no-weights` keeps it."
+    old = dest / f'{job}.json'
+    kept = json.loads(old.read_text()).get('weights') if old.is_file() else None
+    return {'weights': kept} if kept and (dest / kept['folder']).is_dir() else {}
 
 
 def copy_weights(run: Path, ckpt: Path, dest: Path, keep_basis: bool = True) -> dict:

@@ -100,6 +100,17 @@ def test_results_alone_without_weights(tiny_study, tmp_path):
     assert json.loads((tmp_path / 'pmae_0.1.json').read_text()) == r and r['curve']['points'][0]['fast'] == 30.0
 
 
+def test_results_alone_keep_the_weights_committed_before(tiny_study, tmp_path):
+    "`--no-weights` after a sync with weights: the new results keep the record of the weights still in the folder, and drop it once they are gone."
+    import shutil
+    run, results = tiny_study / 'runs' / 'cifar10' / 'long' / 'pmae_0.1', tiny_study / 'results' / 'cifar10' / 'long'
+    first = long_study.sync_run(run, results, tmp_path)
+    again = long_study.sync_run(run, results, tmp_path, weights=False)
+    assert again['weights'] == first['weights'] and json.loads((tmp_path / 'pmae_0.1.json').read_text())['weights'] == first['weights']
+    shutil.rmtree(tmp_path / 'weights')
+    assert 'weights' not in long_study.sync_run(run, results, tmp_path, weights=False)
+
+
 def test_weights_without_the_basis_keep_its_fingerprint_and_refit(tmp_path):
     "`--no-basis`: no pca.safetensors in the folder or the recorded files; load_trained says how to fit it again, and the refit loads."
     import os, subprocess, sys
