@@ -353,7 +353,7 @@ def job_result(dataset: str, job: Job, b: Budget, cfg: PretrainConfig, summary: 
         r = snapshot_probe(weights, probe_config(b, kind, device))
         probes[kind] = {k: r[k] for k in PROBE_KEYS if k in r}
     return dict(dataset=dataset, label=dataset_spec(dataset).label, job=job.tag, method=job.method, ratio=job.ratio,
-                row=job.row(dataset), hidden=job.hidden(), semantics=cfg.semantics(), budget=b.name, model=b.model,
+                row=job.row(dataset), hidden=job.hidden(), semantics=cfg.semantics(), budget=b.name, model=cfg.model,
                 epochs=summary['epochs_done'], schedule_epochs=b.epochs,
                 pretrain=dict(final_loss=summary['final_epoch_loss'], images_per_s=summary['images_per_s'], wall_s=summary['wall_s'],
                               seconds=round(sum(m['epoch_s'] for m in read_metrics(cfg.run_dir)), 1), steps=summary['step'],
