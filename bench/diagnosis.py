@@ -8,11 +8,12 @@ under both cuts (`pmae.diagnosis.hidden_sets`) -> results/cifar10/long/diagnosis
 study's runs (`--runs`: the budget's own, e.g. the long study; `--study-runs`: a sub-study's), on the [CLS] token and on
 the patch tokens' mean. A [CLS] probe the run itself wrote is read back, not redone; a snapshot its run has not probed yet
 is left for later. With `--linear`, the paper's linear probe as well, at the points where the run ran it on [CLS]. Rows
-merge into results/<data set>/<budget>/<study>/pooling.json (a point probed again replaces its row).
+merge into results/<data set>/<budget>/<study>/pooling.json (a point probed again replaces its row; the rows of a run whose
+folder is gone are kept).
 
 `cls`: what the decoder of every curve-point snapshot reads from the [CLS] token (`pmae.diagnosis.cls_use`: the held-out
 pretext loss over predicting nothing's, as trained and with each image's [CLS] swapped for another's)
--> results/<data set>/<budget>/<study>/cls_use.json. A run whose decoder is not given [CLS] (`decoder_cls=false`) gets its
+-> results/<data set>/<budget>/<study>/cls_use.json, merged the same way. A run whose decoder is not given [CLS] (`decoder_cls=false`) gets its
 loss ratio and no swap: the test does not apply to it.
 
 `--dataset`, `--budget` and `--study` (default cifar10, long, diagnosis: chapter 21's tables) say which runs and where the
@@ -117,14 +118,19 @@ def pooling(args) -> dict:
     "Fast probe and kNN on [CLS] and on the patch tokens' mean at every probed curve point, merged into pooling.json."
     (dataset, budget, _), path = where(args), out_path(args, 'pooling')
     t0, b = time.time(), get_budget(budget)
-    old = json.loads(path.read_text())['rows'] if path.is_file() else []
     new = [row for study, run in run_folders(args) for row in snapshot_rows(run, study, b, row_of(study, run.name, dataset, budget), args.linear)]
-    key, merged = lambda r: (r['study'], r['job'], r['epoch'], r['pool']), {}
-    for r in old + new: merged[key(r)] = merged.get(key(r), {}) | r       # a re-read without --linear keeps the linear probe read before
-    rows = sorted(merged.values(), key=key)
+    rows = merged_rows(path, new, ('study', 'job', 'epoch', 'pool'))      # a re-read without --linear keeps the linear probe read before
     ds = training_images(0, args.data_root, dataset, budget)
     write_json(dict(rows=rows, provenance=provenance(ds, args.data_root, t0, budget)), path)
     return dict(rows=rows)
+
+
+def merged_rows(path: Path, new: list[dict], key: tuple) -> list[dict]:
+    "The rows of the readings file at `path` updated by `new`, sorted by `key`; rows of runs whose folders are gone are kept."
+    old = json.loads(path.read_text())['rows'] if path.is_file() else []
+    merged, k = {}, lambda r: tuple(r[f] for f in key)
+    for r in old + new: merged[k(r)] = merged.get(k(r), {}) | r
+    return sorted(merged.values(), key=k)
 
 
 def run_folders(args):
@@ -145,6 +151,7 @@ def cls(args) -> dict:
             for study, run in run_folders(args) for epoch, snap in snapshots(run).items() if epoch in b.curve]
     for r in rows: print(f"{r['study']} {r['job']} epoch {r['epoch']}: loss/nothing {r['ratio']:.3f}, [CLS] swapped " +
                          (f"{r['swapped']:.3f}" if r['swapped'] is not None else 'not applicable (the decoder is not given [CLS])'))
+    rows = merged_rows(out_path(args, 'cls_use'), rows, ('study', 'job', 'epoch'))
     write_json(dict(rows=rows, provenance=provenance(ds, args.data_root, t0, budget)), out_path(args, 'cls_use'))
     return dict(rows=rows)
 

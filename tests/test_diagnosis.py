@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from pmae.core import write_json
 from pmae.data import load_photos_data, write_cifar10_pickles
 from pmae.probe import probe_json_path
 from pmae.reproduce import BUDGETS, Job, data_root, job_config, run_job, snapshots
@@ -66,6 +67,18 @@ def test_cls_use_of_every_curve_snapshot(local):
     bench.cls(SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), study_runs='', out=str(tmp / 'out')))
     rows = json.loads((tmp / 'out' / 'cifar10' / 'long' / 'diagnosis' / 'cls_use.json').read_text())['rows']
     assert [(r['job'], r['epoch']) for r in rows] == [('mae_std', 1)] and 0 < rows[0]['ratio'] and rows[0]['swapped'] != rows[0]['ratio']
+
+
+def test_cls_use_keeps_the_rows_of_a_run_whose_folder_is_gone(local):
+    "A second read merges: the rows of a run no longer on this machine stay, a point read again is replaced."
+    tmp, root = local
+    args = SimpleNamespace(data_root=str(root), runs=str(tmp / 'runs'), study_runs='', out=str(tmp / 'merge'))
+    path = tmp / 'merge' / 'cifar10' / 'long' / 'diagnosis' / 'cls_use.json'
+    gone = dict(study='long', job='pmae_0.1', row='PMAE_ocl', epoch=1, ratio=0.5, swapped=0.5)
+    write_json(dict(rows=[gone, dict(gone, job='mae_std', ratio=-1.0)]), path)
+    rows = bench.cls(args)['rows']
+    assert [(r['job'], r['epoch']) for r in rows] == [('mae_std', 1), ('pmae_0.1', 1)] and rows[1] == gone and rows[0]['ratio'] > 0
+    assert json.loads(path.read_text())['rows'] == rows
 
 
 def test_pooling_reread_without_linear_keeps_the_linear_rows(local):
