@@ -13,8 +13,8 @@ folder is gone are kept).
 
 `cls`: what the decoder of every curve-point snapshot reads from the [CLS] token (`pmae.diagnosis.cls_use`: the held-out
 pretext loss over predicting nothing's, as trained and with each image's [CLS] swapped for another's)
--> results/<data set>/<budget>/<study>/cls_use.json, merged the same way. A run whose decoder is not given [CLS] (`decoder_cls=false`) gets its
-loss ratio and no swap: the test does not apply to it.
+-> results/<data set>/<budget>/<study>/cls_use.json, merged the same way. A run whose decoder is not given [CLS]
+(`decoder_cls=false`) gets its loss ratio and no swap: the test does not apply to it.
 
 `--dataset`, `--budget` and `--study` (default cifar10, long, diagnosis: chapter 21's tables) say which runs and where the
 readings go: e.g. `--study scale` for issue 40's encoder sizes, `--dataset tinyimagenet --budget long32 --study readings`.
